@@ -1,0 +1,1 @@
+"""Backends run ready tensors through one model: ``torch`` (open_clip) or ``onnx`` (ONNX Runtime)."""

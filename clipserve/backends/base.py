@@ -1,0 +1,45 @@
+"""The backend protocol: what :class:`clipserve.encoder.Encoder` needs from a model runtime."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from clipserve.errors import UnsupportedModel
+from clipserve.zoo import ModelSpec
+
+PRECISIONS = ("fp32", "fp16")
+
+
+class Backend(Protocol):
+    """Runs preprocessed arrays through one model's towers; knows nothing of inputs or batching."""
+
+    spec: ModelSpec
+    logit_scale: float
+    """exp of the model's learned temperature, used by ``rank``."""
+    text_dynamic_length: bool
+    """True when ``encode_text`` accepts token arrays shorter than the context length."""
+
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 ``[n, 3, H, W]`` normalised pixels → float32 ``[n, dim]`` (not normalised)."""
+        ...
+
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+        """int64 ``[n, L]`` token ids → float32 ``[n, dim]`` (not normalised)."""
+        ...
+
+    def info(self) -> dict[str, object]:
+        """What really runs: backend, device, providers, precision, weights location."""
+        ...
+
+
+def check_precision(precision: str, backend: str, device: str, allowed: dict[str, tuple[str, ...]]) -> None:
+    """Raise :class:`UnsupportedModel` unless ``precision`` runs on ``backend`` with ``device``."""
+    if precision not in allowed:
+        raise UnsupportedModel(f"unknown precision {precision!r}; choose one of {', '.join(allowed)}")
+    if device not in allowed[precision]:
+        raise UnsupportedModel(
+            f"precision {precision!r} is not available for the {backend} backend on {device!r} "
+            f"(it runs on: {', '.join(allowed[precision])})"
+        )

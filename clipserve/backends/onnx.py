@@ -1,0 +1,96 @@
+"""ONNX Runtime backend: runs ``clipserve export`` graphs on CPU, CUDA or TensorRT; no torch needed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from clipserve.backends.base import check_precision
+from clipserve.errors import DeviceUnavailable, WeightsUnavailable
+from clipserve.weights import ONNX_MARKER
+from clipserve.zoo import ModelSpec
+
+log = logging.getLogger(__name__)
+
+ALLOWED_PRECISIONS = {"fp32": ("cpu", "cuda", "tensorrt")}
+
+
+def execution_providers(device: str) -> list[str | tuple[str, dict]]:
+    """ONNX Runtime providers for ``cpu``, ``cuda[:N]`` or ``tensorrt[:N]``.
+
+    Raises:
+        DeviceUnavailable: the provider is not in this onnxruntime build.
+    """
+    kind, _, ordinal = device.partition(":")
+    options = {"device_id": int(ordinal)} if ordinal else {}
+    wanted = {
+        "cpu": [],
+        "cuda": [("CUDAExecutionProvider", options)],
+        "tensorrt": [("TensorrtExecutionProvider", options), ("CUDAExecutionProvider", options)],
+    }
+    if kind not in wanted:
+        raise DeviceUnavailable(
+            f"the onnx backend runs on 'cpu', 'cuda[:N]' or 'tensorrt[:N]', not {device!r}"
+        )
+    available = ort.get_available_providers()
+    for name, _ in wanted[kind]:
+        if name not in available:
+            raise DeviceUnavailable(
+                f"device {device!r} needs {name}, which this onnxruntime build lacks "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu for CUDA/TensorRT"
+            )
+    return [*wanted[kind], "CPUExecutionProvider"]
+
+
+class OnnxBackend:
+    """Runs an exported model directory; see :class:`clipserve.backends.base.Backend`."""
+
+    def __init__(
+        self, spec: ModelSpec, model_dir: Path, device: str = "cpu", precision: str = "fp32"
+    ) -> None:
+        check_precision(precision, "onnx", device.split(":")[0], ALLOWED_PRECISIONS)
+        meta = json.loads((model_dir / ONNX_MARKER).read_text())
+        if meta["arch"] != spec.arch:
+            raise WeightsUnavailable(f"{model_dir} holds an export of {meta['model']}, not of {spec.name}")
+        self.spec = spec
+        self.model_dir = model_dir
+        self.device = device
+        self.precision = precision
+        self.logit_scale = float(meta["logit_scale"])
+        self.text_dynamic_length = bool(meta["text_dynamic_length"])
+        providers = execution_providers(device)
+        self._image = self._session(model_dir / "image.onnx", providers)
+        self._text = self._session(model_dir / "text.onnx", providers)
+        self.providers = self._image.get_providers()
+        log.info("onnx backend: %s on %s with %s from %s", spec.name, device, self.providers, model_dir)
+
+    def _session(self, path: Path, providers: list) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if wanted not in session.get_providers():  # onnxruntime silently falls back when a provider fails
+            raise DeviceUnavailable(
+                f"{wanted} failed to start for {path.name}; refusing to run on the CPU instead"
+            )
+        return session
+
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        return self._image.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+        return self._text.run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.int64)})[0]
+
+    def info(self) -> dict[str, object]:
+        return {
+            "backend": "onnx",
+            "device": self.device,
+            "precision": self.precision,
+            "providers": self.providers,
+            "weights": str(self.model_dir),
+            "onnxruntime": ort.__version__,
+        }

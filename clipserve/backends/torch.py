@@ -1,0 +1,121 @@
+"""PyTorch backend: the open_clip model itself (reference numerics; CPU or CUDA; fp16 on CUDA)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from torch import nn
+
+from clipserve.backends.base import check_precision
+from clipserve.errors import DeviceUnavailable, UnsupportedModel
+from clipserve.zoo import ModelSpec
+
+log = logging.getLogger(__name__)
+
+ALLOWED_PRECISIONS = {"fp32": ("cpu", "cuda"), "fp16": ("cuda",)}
+
+
+def load_open_clip_model(spec: ModelSpec, checkpoint: Path) -> nn.Module:
+    """Build ``spec``'s open_clip model and load ``checkpoint`` into it (``weights_only`` loading)."""
+    model = open_clip.create_model(
+        spec.arch, pretrained=str(checkpoint), force_quick_gelu=spec.quick_gelu, weights_only=True
+    )
+    return model.eval()
+
+
+class ImageTower(nn.Module):
+    """``pixels → image embedding`` (unnormalised), the graph exported to ONNX."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+
+class TextTower(nn.Module):
+    """``tokens → text embedding`` (unnormalised).
+
+    With ``dynamic_length`` the causal transformer runs only over the given ``L`` columns (the zoo
+    marks the towers where this is exact: causal mask, end-token pooling, no padding mask);
+    otherwise the tokens must be padded to the full context length and open_clip's own
+    ``encode_text`` runs.
+    """
+
+    def __init__(self, model: nn.Module, dynamic_length: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.dynamic_length = dynamic_length
+        self.tower = getattr(model, "text", model)  # CustomTextCLIP keeps the tower in ``.text``
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.dynamic_length:
+            return self.model.encode_text(tokens)
+        tower = self.tower
+        length = tokens.shape[1]
+        cast_dtype = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(tokens).to(cast_dtype) + tower.positional_embedding[:length].to(cast_dtype)
+        x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+        x = tower.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        projection = tower.text_projection
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+
+def resolve_device(device: str) -> torch.device:
+    """A torch device for ``cpu``/``cuda``/``cuda:N``; a missing GPU is an error, never a CPU fallback."""
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(f"device {device!r} requested but torch sees no CUDA GPU")
+        return torch.device(device)
+    raise DeviceUnavailable(f"the torch backend runs on 'cpu' or 'cuda[:N]', not {device!r}")
+
+
+class TorchBackend:
+    """Runs an open_clip model; see :class:`clipserve.backends.base.Backend`."""
+
+    def __init__(
+        self, spec: ModelSpec, checkpoint: Path, device: str = "cpu", precision: str = "fp32"
+    ) -> None:
+        check_precision(precision, "torch", device.split(":")[0], ALLOWED_PRECISIONS)
+        self.spec = spec
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.checkpoint = checkpoint
+        try:
+            model = load_open_clip_model(spec, checkpoint)
+        except RuntimeError as exc:
+            raise UnsupportedModel(f"cannot load {checkpoint} as {spec.name}: {exc}") from exc
+        self.model = model.to(self.device, self.dtype)
+        self.logit_scale = float(model.logit_scale.exp())
+        self.text_dynamic_length = spec.text_truncatable
+        self.image_tower = ImageTower(self.model)
+        self.text_tower = TextTower(self.model, self.text_dynamic_length)
+        log.info("torch backend: %s on %s (%s) from %s", spec.name, self.device, precision, checkpoint)
+
+    @torch.inference_mode()
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(pixels).to(self.device, self.dtype)
+        return self.image_tower(x).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_text(self, tokens: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(tokens).to(self.device)
+        return self.text_tower(x).float().cpu().numpy()
+
+    def info(self) -> dict[str, object]:
+        return {
+            "backend": "torch",
+            "device": str(self.device),
+            "precision": self.precision,
+            "weights": str(self.checkpoint),
+            "torch_threads": torch.get_num_threads(),
+        }

@@ -1,0 +1,1 @@
+"""Pure, CPU-only preprocessing: decode inputs and turn them into model-ready arrays."""

@@ -1,0 +1,98 @@
+"""Regenerate ``clipserve/zoo_models.json`` from the installed open_clip's pretrained table.
+
+The zoo is data: this script reads open_clip's model configs and pretrained configs once, on a
+developer machine with open_clip installed, and writes the fields clipserve needs, so that the
+ONNX path can resolve models without importing torch or open_clip.
+
+Usage: ``python scripts/generate_zoo.py``
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+
+OUT = Path(__file__).resolve().parents[1] / "clipserve" / "zoo_models.json"
+
+# Licences of the published weights, by tag prefix (longest prefix wins).
+LICENCES = {
+    "openai": "MIT",
+    "laion": "MIT",
+    "frozen_laion": "MIT",
+    "mscoco_finetuned_laion": "MIT",
+    "merged2b": "MIT",
+    "datacomp": "MIT",
+    "commonpool": "MIT",
+    "yfcc15m": "MIT",
+    "cc12m": "MIT",
+    "metaclip": "CC-BY-NC-4.0",
+    "dfn": "Apple Sample Code License",
+    "datacompdr": "Apple Sample Code License",
+    "webli": "Apache-2.0",
+}
+
+
+def licence_for(tag: str) -> str:
+    """The licence of a tag's weights, or a pointer to the model card when unknown."""
+    matches = [prefix for prefix in LICENCES if tag.startswith(prefix)]
+    return LICENCES[max(matches, key=len)] if matches else "see model card"
+
+
+def text_truncatable(model_cfg: dict) -> bool:
+    """True when the text tower is causal with end-token (argmax) pooling and no pad/cls tricks.
+
+    For such towers every position up to the end token only sees earlier positions, so running the
+    transformer to the longest real token of a batch gives exactly the full-length vectors.
+    """
+    text_cfg = model_cfg["text_cfg"]
+    return not (
+        "hf_model_name" in text_cfg
+        or "hf_tokenizer_name" in text_cfg
+        or text_cfg.get("no_causal_mask", False)
+        or text_cfg.get("embed_cls", False)
+        or text_cfg.get("pad_id", 0) != 0
+        or text_cfg.get("pool_type", "argmax") != "argmax"
+        or text_cfg.get("use_pad_mask", False)
+    )
+
+
+def entry(arch: str, tag: str) -> dict:
+    model_cfg = open_clip.get_model_config(arch)
+    pretrained = open_clip.get_pretrained_cfg(arch, tag)
+    vision_cfg, text_cfg = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    image_size = vision_cfg.get("image_size", 224)
+    if isinstance(image_size, int):
+        image_size = [image_size, image_size]
+    tokenizer = text_cfg.get("hf_tokenizer_name") or "clip"
+    hub = (pretrained.get("hf_hub") or "").rstrip("/")
+    return {
+        "arch": arch,
+        "tag": tag,
+        "dim": model_cfg["embed_dim"],
+        "image_size": list(image_size),
+        "mean": list(pretrained.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        "std": list(pretrained.get("std", open_clip.OPENAI_DATASET_STD)),
+        "interpolation": pretrained.get("interpolation", "bicubic"),
+        "resize_mode": pretrained.get("resize_mode", "shortest"),
+        "context_length": text_cfg.get("context_length", 77),
+        "tokenizer": tokenizer,
+        "text_truncatable": text_truncatable(model_cfg),
+        "quick_gelu": bool(pretrained.get("quick_gelu", False) or model_cfg.get("quick_gelu", False)),
+        "hf_hub": hub,
+        "url": pretrained.get("url", ""),
+        "licence": licence_for(tag),
+    }
+
+
+def main() -> None:
+    entries = [entry(arch, tag) for arch, tag in open_clip.list_pretrained()]
+    rows = ",\n".join("  " + json.dumps(e) for e in entries)
+    header = json.dumps(f"open_clip {open_clip.__version__}")
+    OUT.write_text(f'{{"generated_from": {header},\n "models": [\n{rows}\n]}}\n')
+    print(f"wrote {len(entries)} models to {OUT}")
+
+
+if __name__ == "__main__":
+    main()
