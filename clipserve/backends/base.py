@@ -36,10 +36,11 @@ class Backend(Protocol):
 
 def check_precision(precision: str, backend: str, device: str, allowed: dict[str, tuple[str, ...]]) -> None:
     """Raise :class:`UnsupportedModel` unless ``precision`` runs on ``backend`` with ``device``."""
-    if precision not in allowed:
-        raise UnsupportedModel(f"unknown precision {precision!r}; choose one of {', '.join(allowed)}")
-    if device not in allowed[precision]:
+    if precision not in PRECISIONS:
+        raise UnsupportedModel(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    runs_on = allowed.get(precision, ())
+    if device not in runs_on:
+        where = f"it runs on: {', '.join(runs_on)}" if runs_on else f"the {backend} backend has no {precision}"
         raise UnsupportedModel(
-            f"precision {precision!r} is not available for the {backend} backend on {device!r} "
-            f"(it runs on: {', '.join(allowed[precision])})"
+            f"precision {precision!r} is not available for the {backend} backend on {device!r} ({where})"
         )

@@ -56,7 +56,7 @@ def export_onnx(spec: ModelSpec, checkpoint: Path, out_dir: Path) -> Path:
         "model": spec.name,
         "arch": spec.arch,
         "dim": spec.dim,
-        "logit_scale": float(model.logit_scale.exp()),
+        "logit_scale": model.logit_scale.exp().item(),
         "text_dynamic_length": dynamic_length,
         "precision": "fp32",
         "source": str(checkpoint),

@@ -52,6 +52,7 @@ class OnnxBackend:
     def __init__(
         self, spec: ModelSpec, model_dir: Path, device: str = "cpu", precision: str = "fp32"
     ) -> None:
+        providers = execution_providers(device)
         check_precision(precision, "onnx", device.split(":")[0], ALLOWED_PRECISIONS)
         meta = json.loads((model_dir / ONNX_MARKER).read_text())
         if meta["arch"] != spec.arch:
@@ -62,7 +63,6 @@ class OnnxBackend:
         self.precision = precision
         self.logit_scale = float(meta["logit_scale"])
         self.text_dynamic_length = bool(meta["text_dynamic_length"])
-        providers = execution_providers(device)
         self._image = self._session(model_dir / "image.onnx", providers)
         self._text = self._session(model_dir / "text.onnx", providers)
         self.providers = self._image.get_providers()

@@ -84,9 +84,9 @@ class TorchBackend:
     def __init__(
         self, spec: ModelSpec, checkpoint: Path, device: str = "cpu", precision: str = "fp32"
     ) -> None:
-        check_precision(precision, "torch", device.split(":")[0], ALLOWED_PRECISIONS)
-        self.spec = spec
         self.device = resolve_device(device)
+        check_precision(precision, "torch", self.device.type, ALLOWED_PRECISIONS)
+        self.spec = spec
         self.precision = precision
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.checkpoint = checkpoint
@@ -95,7 +95,7 @@ class TorchBackend:
         except RuntimeError as exc:
             raise UnsupportedModel(f"cannot load {checkpoint} as {spec.name}: {exc}") from exc
         self.model = model.to(self.device, self.dtype)
-        self.logit_scale = float(model.logit_scale.exp())
+        self.logit_scale = model.logit_scale.exp().item()
         self.text_dynamic_length = spec.text_truncatable
         self.image_tower = ImageTower(self.model)
         self.text_tower = TextTower(self.model, self.text_dynamic_length)

@@ -1,0 +1,128 @@
+"""Shared fixtures: the shared photos, random-weight open_clip checkpoints, and encoders on them.
+
+No test reaches the network: downloads are switched off for the whole session, and the only
+server a test talks to listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_PHOTOS = REPO.parent / "shared" / "data" / "photos"
+
+AWKWARD_TEXTS = [
+    "a photo of a cat",
+    "",
+    "   ",
+    "Ünïcödé naïve café — 東京タワー, Привет мир",
+    "emoji 🐱🚀👨‍👩‍👧 🏳️‍🌈",
+    "word " * 120,  # far beyond 77 tokens
+    "&amp;lt;b&amp;gt;html&lt;/b&gt; entities",
+    "mojibake: cafÃ©",
+    "It's 12:30 — can't we'll they've",
+    "<start_of_text> literal special tokens <end_of_text>",
+    "tabs\tand\nnew\r\nlines",
+]
+
+os.environ["CLIPSERVE_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def photos_dir() -> Path:
+    if not (SHARED_PHOTOS / "labels.csv").is_file():
+        pytest.fail(f"the shared photos are missing: expected {SHARED_PHOTOS}/labels.csv beside the repository")
+    return SHARED_PHOTOS
+
+
+@pytest.fixture(scope="session")
+def photo_paths(photos_dir: Path) -> list[Path]:
+    with open(photos_dir / "labels.csv") as f:
+        return [photos_dir / row["file"] for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("clipserve-cache")
+
+
+class RandomModel:
+    """An open_clip model with random weights, saved as a checkpoint file."""
+
+    def __init__(self, name: str, directory: Path) -> None:
+        import open_clip
+        import torch
+
+        from clipserve.zoo import get_spec
+
+        self.spec = get_spec(name)
+        torch.manual_seed(1234)
+        self.model = open_clip.create_model(self.spec.arch, force_quick_gelu=self.spec.quick_gelu).eval()
+        self.checkpoint = directory / f"{self.spec.arch}.pt"
+        torch.save(self.model.state_dict(), self.checkpoint)
+        self.transform = open_clip.image_transform(
+            self.spec.image_size[0],
+            is_train=False,
+            mean=self.spec.mean,
+            std=self.spec.std,
+            resize_mode=self.spec.resize_mode,
+            interpolation=self.spec.interpolation,
+        )
+        self.tokenizer = open_clip.get_tokenizer(self.spec.arch)
+
+    def image_vectors(self, images) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            out = self.model.encode_image(torch.stack([self.transform(im) for im in images])).numpy()
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    def text_vectors(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            out = self.model.encode_text(self.tokenizer(texts)).numpy()
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+_MODELS: dict[str, RandomModel] = {}
+_ENCODERS: dict[tuple[str, str], object] = {}
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory: pytest.TempPathFactory):
+    """``random_model(name)``: a random-weight open_clip model of that zoo entry, built once."""
+
+    def get(name: str) -> RandomModel:
+        if name not in _MODELS:
+            _MODELS[name] = RandomModel(name, tmp_path_factory.mktemp("weights"))
+        return _MODELS[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def encoder_for(random_model, cache_root: Path):
+    """``encoder_for(name, backend)``: an Encoder on the random checkpoint, built once per session."""
+    from clipserve.encoder import Encoder
+
+    def get(name: str, backend: str):
+        key = (name, backend)
+        if key not in _ENCODERS:
+            model = random_model(name)
+            _ENCODERS[key] = Encoder(name, backend=backend, weights=model.checkpoint, cache_dir=cache_root, batch_size=4)
+        return _ENCODERS[key]
+
+    return get
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)

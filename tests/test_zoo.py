@@ -1,0 +1,91 @@
+import dataclasses
+
+import pytest
+
+from clipserve.errors import UnknownModel
+from clipserve.zoo import DEFAULT_MODEL, get_spec, list_models
+
+# The CLIPOnnxEncoder table: architecture → output dimension.
+CLIP_ONNX_TABLE = {
+    "RN50": 1024,
+    "RN101": 512,
+    "RN50x4": 640,
+    "RN50x16": 768,
+    "RN50x64": 1024,
+    "ViT-B-32": 512,
+    "ViT-B-16": 512,
+    "ViT-B-16-plus-240": 640,
+    "ViT-L-14": 768,
+    "ViT-L-14-336": 768,
+    "ViT-H-14": 1024,
+    "ViT-g-14": 1024,
+}
+
+
+@pytest.mark.parametrize(("arch", "dim"), CLIP_ONNX_TABLE.items())
+def test_clip_onnx_table_dims(arch: str, dim: int) -> None:
+    spec = get_spec(arch)
+    assert spec.dim == dim
+    assert spec.backends == ("torch", "onnx")
+    assert spec.arch == arch
+
+
+def test_every_open_clip_pretrained_pair_is_listed() -> None:
+    import open_clip
+
+    names = {spec.name for spec in list_models()}
+    assert names == {f"{arch}::{tag}" for arch, tag in open_clip.list_pretrained()}
+
+
+def test_entries_match_open_clip_configs() -> None:
+    import open_clip
+
+    for spec in list_models():
+        cfg = open_clip.get_model_config(spec.arch)
+        pretrained = open_clip.get_pretrained_cfg(spec.arch, spec.tag)
+        assert spec.dim == cfg["embed_dim"], spec.name
+        assert spec.context_length == cfg["text_cfg"].get("context_length", 77), spec.name
+        assert spec.mean == tuple(pretrained["mean"]), spec.name
+        assert spec.interpolation == pretrained["interpolation"], spec.name
+        assert spec.licence
+
+
+def test_default_and_named_entries() -> None:
+    spec = get_spec()
+    assert spec.name == DEFAULT_MODEL == "ViT-B-32::openai"
+    assert spec.image_size == (224, 224) and spec.context_length == 77
+    assert spec.quick_gelu and spec.licence == "MIT"
+    assert get_spec("ViT-L-14::laion2b_s32b_b82k").dim == 768
+    assert get_spec("ViT-L-14-336::openai").image_size == (336, 336)
+
+
+def test_quickgelu_variants_resolve_without_the_suffix() -> None:
+    spec = get_spec("ViT-B-32::metaclip_400m")
+    assert spec.quick_gelu
+    yfcc = get_spec("RN50::yfcc15m")
+    assert yfcc.quick_gelu and yfcc.arch.startswith("RN50")
+    assert get_spec("RN50-quickgelu::yfcc15m").quick_gelu
+    assert not get_spec("ViT-B-32::laion2b_s34b_b79k").quick_gelu
+
+
+def test_names_are_case_insensitive_and_accept_openai_slashes() -> None:
+    assert get_spec("vit-b/32").name == "ViT-B-32::openai"
+    assert get_spec("VIT-B-32::OPENAI").name == "ViT-B-32::openai"
+
+
+def test_unknown_model_suggests_close_names() -> None:
+    with pytest.raises(UnknownModel, match=r"ViT-B-33::openai.*Did you mean: ViT-B-32::openai"):
+        get_spec("ViT-B-33::openai")
+
+
+def test_text_truncatable_only_for_causal_argmax_towers() -> None:
+    assert get_spec("ViT-B-32::openai").text_truncatable
+    assert get_spec("RN50::openai").text_truncatable
+    assert not get_spec("coca_ViT-B-32::laion2b_s13b_b90k").text_truncatable  # cls token appended
+
+
+def test_hf_tokenizer_models_are_listed_but_marked_unsupported() -> None:
+    siglip = next(s for s in list_models() if "SigLIP" in s.arch)
+    assert siglip.backends == ()
+    assert "tokenizer" in siglip.unsupported_reason
+    assert dataclasses.replace(siglip, tokenizer="clip").unsupported_reason is None
