@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import csv
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -37,7 +40,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 @pytest.fixture(scope="session")
 def photos_dir() -> Path:
     if not (SHARED_PHOTOS / "labels.csv").is_file():
-        pytest.fail(f"the shared photos are missing: expected {SHARED_PHOTOS}/labels.csv beside the repository")
+        pytest.fail(
+            f"the shared photos are missing: expected {SHARED_PHOTOS}/labels.csv beside the repository"
+        )
     return SHARED_PHOTOS
 
 
@@ -116,7 +121,9 @@ def encoder_for(random_model, cache_root: Path):
         key = (name, backend)
         if key not in _ENCODERS:
             model = random_model(name)
-            _ENCODERS[key] = Encoder(name, backend=backend, weights=model.checkpoint, cache_dir=cache_root, batch_size=4)
+            _ENCODERS[key] = Encoder(
+                name, backend=backend, weights=model.checkpoint, cache_dir=cache_root, batch_size=4
+            )
         return _ENCODERS[key]
 
     return get
@@ -126,3 +133,28 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return (a * b).sum(axis=1)
+
+
+class _FileHandler(BaseHTTPRequestHandler):
+    files: ClassVar[dict[str, bytes]] = {}
+
+    def do_GET(self) -> None:
+        body = self.files.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def loopback_files():
+    """An HTTP server on 127.0.0.1 serving ``files`` (path → bytes): yields ``(base_url, files)``."""
+    files: dict[str, bytes] = {}
+    handler = type("Handler", (_FileHandler,), {"files": files})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", files
+    server.shutdown()

@@ -1,8 +1,6 @@
 """Bad items give typed errors naming the item; the encoder keeps working afterwards."""
 
 import io
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -75,7 +73,9 @@ def test_unknown_model_and_bad_options(random_model, cache_root) -> None:
         Encoder("ViT-Q-99::nothing")
     with pytest.raises(UnsupportedModel, match="unknown backend 'tensorflow'"):
         Encoder(NAME, backend="tensorflow", weights=checkpoint, cache_dir=cache_root)
-    with pytest.raises(UnsupportedModel, match="precision 'fp16' is not available for the torch backend on 'cpu'"):
+    with pytest.raises(
+        UnsupportedModel, match="precision 'fp16' is not available for the torch backend on 'cpu'"
+    ):
         Encoder(NAME, backend="torch", precision="fp16", weights=checkpoint, cache_dir=cache_root)
     with pytest.raises(UnsupportedModel, match="precision 'fp16' is not available for the onnx backend"):
         Encoder(NAME, backend="onnx", precision="fp16", weights=checkpoint, cache_dir=cache_root)
@@ -97,34 +97,16 @@ def test_missing_devices_are_errors_not_cpu_fallbacks(random_model, cache_root) 
         Encoder(NAME, backend="onnx", device="tpu", weights=checkpoint, cache_dir=cache_root)
 
 
-class _Images(BaseHTTPRequestHandler):
-    payloads: dict[str, bytes] = {}
-
-    def do_GET(self) -> None:
-        body = self.payloads.get(self.path)
-        self.send_response(200 if body is not None else 404)
-        self.end_headers()
-        self.wfile.write(body or b"")
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-def test_url_inputs_when_allowed(photo_paths, random_model, cache_root) -> None:
+def test_url_inputs_when_allowed(photo_paths, random_model, cache_root, loopback_files) -> None:
     from clipserve.encoder import Encoder
 
-    _Images.payloads = {"/cat.png": photo_paths[1].read_bytes()}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Images)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        encoder = Encoder(NAME, weights=random_model(NAME).checkpoint, cache_dir=cache_root, allow_url=True)
-        from_url = encoder.encode([f"{base}/cat.png"])
-        assert cosines(from_url, encoder.encode([photo_paths[1]]))[0] > 0.99999
-        with pytest.raises(InvalidInput, match=r"item 1: cannot fetch .*404"):
-            encoder.encode([f"{base}/cat.png", f"{base}/missing.png"])
-    finally:
-        server.shutdown()
+    base, files = loopback_files
+    files["/cat.png"] = photo_paths[1].read_bytes()
+    encoder = Encoder(NAME, weights=random_model(NAME).checkpoint, cache_dir=cache_root, allow_url=True)
+    from_url = encoder.encode([f"{base}/cat.png"])
+    assert cosines(from_url, encoder.encode([photo_paths[1]]))[0] > 0.99999
+    with pytest.raises(InvalidInput, match=r"item 1: cannot fetch .*404"):
+        encoder.encode([f"{base}/cat.png", f"{base}/missing.png"])
 
 
 def test_pil_images_from_memory(photo_paths, encoder_for) -> None:

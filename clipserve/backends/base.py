@@ -40,7 +40,9 @@ def check_precision(precision: str, backend: str, device: str, allowed: dict[str
         raise UnsupportedModel(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     runs_on = allowed.get(precision, ())
     if device not in runs_on:
-        where = f"it runs on: {', '.join(runs_on)}" if runs_on else f"the {backend} backend has no {precision}"
+        where = (
+            f"it runs on: {', '.join(runs_on)}" if runs_on else f"the {backend} backend has no {precision}"
+        )
         raise UnsupportedModel(
             f"precision {precision!r} is not available for the {backend} backend on {device!r} ({where})"
         )

@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import pytest
+
+from clipserve.cli import main
+from tests.conftest import cosines
+from tests.test_zoo import CLIP_ONNX_TABLE
+
+NAME = "ViT-B-32::openai"
+
+
+def test_models_lists_the_table(capsys) -> None:
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["name", "dim", "image", "backends", "licence"]
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    for arch, dim in CLIP_ONNX_TABLE.items():
+        default = next(name for name in rows if name.startswith(f"{arch}::"))
+        assert rows[default][1] == str(dim)
+    assert rows[NAME][2:4] == ["224", "torch,onnx"]
+    assert not any("SigLIP" in name for name in rows)
+    assert main(["models", "--all"]) == 0
+    assert "ViT-B-16-SigLIP::webli" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+def test_encode_folder_and_texts(suffix, tmp_path, photos_dir, photo_paths, random_model, cache_root, capsys):
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / f"vectors{suffix}"
+    args = ["encode", "--model", NAME, "--weights", str(random_model(NAME).checkpoint)]
+    args += ["--cache-dir", str(cache_root), "--text", "a cat", "--text", str(photo_paths[0])]
+    assert main([*args, str(photos_dir), str(tmp_path / "bad.jpg"), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 bad files" in err and "bad.jpg: not an image" in err
+    if suffix == ".npy":
+        vectors = np.load(out)
+        ids = json.loads(out.with_suffix(".ids.json").read_text())
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out)
+        vectors, ids = np.stack(table["vector"].to_numpy(zero_copy_only=False)), table["id"].to_pylist()
+    assert ids[:2] == ["text:a cat", f"text:{photo_paths[0]}"]  # a --text naming a file stays text
+    assert sorted(ids[2:]) == sorted(str(p) for p in photo_paths)
+    assert vectors.shape == (len(photo_paths) + 2, 512) and vectors.dtype == np.float32
+
+    from clipserve.encoder import Encoder
+
+    encoder = Encoder(NAME, weights=random_model(NAME).checkpoint, cache_dir=cache_root)
+    expected = np.concatenate(
+        [encoder.encode_text(["a cat", str(photo_paths[0])]), encoder.encode_image(ids[2:])]
+    )
+    assert cosines(vectors, expected).min() > 0.99999
+
+
+def test_encode_errors_are_messages_not_tracebacks(tmp_path, capsys) -> None:
+    assert main(["encode", "--model", "ViT-Q-1::x", "--text", "a", "-o", str(tmp_path / "v.npy")]) == 2
+    assert "error: unknown model 'ViT-Q-1::x'" in capsys.readouterr().err
+    assert main(["encode", "-o", str(tmp_path / "v.npy")]) == 2
+    assert "nothing to encode" in capsys.readouterr().err
+
+
+def test_export_command(tmp_path, random_model, capsys) -> None:
+    out = tmp_path / "export"
+    assert (
+        main(
+            ["export", "--model", NAME, "--weights", str(random_model(NAME).checkpoint), "--output", str(out)]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.strip() == str(out)
+    meta = json.loads((out / "clipserve.json").read_text())
+    assert meta["model"] == NAME and meta["dim"] == 512 and meta["text_dynamic_length"] is True
+    assert (out / "image.onnx").is_file() and (out / "text.onnx").is_file()

@@ -1,0 +1,117 @@
+"""Weights: explicit paths, the cache, downloads (over loopback only) and the offline message."""
+
+import dataclasses
+import hashlib
+
+import pytest
+
+from clipserve.errors import WeightsUnavailable
+from clipserve.weights import checkpoint_cache, explicit_weights, find_checkpoint
+from clipserve.zoo import get_spec
+from tests.conftest import cosines
+
+NAME = "ViT-B-32::openai"
+
+
+def test_offline_with_nothing_cached_explains_everything(tmp_path, monkeypatch) -> None:
+    from clipserve.encoder import Encoder
+
+    monkeypatch.setenv("CLIPSERVE_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailable) as info:
+        Encoder(NAME, cache_dir=tmp_path)
+    message = str(info.value)
+    assert "no weights for ViT-B-32::openai" in message
+    assert str(tmp_path / "checkpoints" / "ViT-B-32" / "openai") in message
+    assert "offline" in message
+    assert "weights='/path/to/open_clip_model.safetensors'" in message
+    assert "--weights PATH" in message
+
+
+def test_hub_and_url_failures_are_listed(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("CLIPSERVE_OFFLINE")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub client itself refuses: no traffic leaves
+    spec = dataclasses.replace(get_spec(NAME), url="http://127.0.0.1:9/nothing-listens-here.pt")
+    monkeypatch.setattr("clipserve.weights.offline", lambda: False)
+    with pytest.raises(WeightsUnavailable) as info:
+        find_checkpoint(spec, tmp_path)
+    message = str(info.value)
+    assert "Hugging Face Hub timm/vit_base_patch32_clip_224.openai/open_clip_model.safetensors" in message
+    assert "URL http://127.0.0.1:9/nothing-listens-here.pt" in message
+
+
+def test_explicit_path_errors(tmp_path) -> None:
+    spec = get_spec(NAME)
+    with pytest.raises(WeightsUnavailable, match="does not exist"):
+        explicit_weights(spec, tmp_path / "nope.safetensors")
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(WeightsUnavailable, match="neither a checkpoint file nor an ONNX export"):
+        explicit_weights(spec, tmp_path / "notes.txt")
+
+
+def test_url_download_verifies_checksum_and_caches(
+    tmp_path, monkeypatch, loopback_files, random_model
+) -> None:
+    base, files = loopback_files
+    payload = random_model(NAME).checkpoint.read_bytes()
+    digest = hashlib.sha256(payload).hexdigest()
+    files[f"/{digest}/ViT-B-32.pt"] = payload
+    files[f"/{'0' * 64}/ViT-B-32.pt"] = payload
+    monkeypatch.setattr("clipserve.weights.offline", lambda: False)
+    spec = dataclasses.replace(get_spec(NAME), hf_hub="", url=f"{base}/{'0' * 64}/ViT-B-32.pt")
+    with pytest.raises(WeightsUnavailable, match="checksum mismatch"):
+        find_checkpoint(spec, tmp_path)
+    assert not list(checkpoint_cache(spec, tmp_path).glob("*.pt"))
+
+    spec = dataclasses.replace(spec, url=f"{base}/{digest}/ViT-B-32.pt")
+    path = find_checkpoint(spec, tmp_path)
+    assert path == checkpoint_cache(spec, tmp_path) / "ViT-B-32.pt"
+    assert path.read_bytes() == payload
+    files.clear()  # the cached copy is used from now on
+    assert find_checkpoint(spec, tmp_path) == path
+
+
+def test_cached_checkpoint_is_used_offline(tmp_path, random_model, photo_paths) -> None:
+    from clipserve.encoder import Encoder
+
+    model = random_model(NAME)
+    target = checkpoint_cache(get_spec(NAME), tmp_path)
+    target.mkdir(parents=True)
+    (target / "open_clip_model.pt").write_bytes(model.checkpoint.read_bytes())
+    encoder = Encoder(NAME, backend="torch", cache_dir=tmp_path)
+    assert encoder.info()["weights"] == str(target / "open_clip_model.pt")
+    from clipserve.preprocess.image import decode_image
+
+    reference = model.image_vectors([decode_image(photo_paths[0])])
+    assert cosines(encoder.encode([photo_paths[0]]), reference)[0] > 0.99999
+
+
+def test_safetensors_checkpoints_load(tmp_path, random_model, encoder_for) -> None:
+    from safetensors.torch import save_file
+
+    from clipserve.encoder import Encoder
+
+    model = random_model(NAME)
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.model.state_dict().items()}, path)
+    encoder = Encoder(NAME, backend="torch", weights=path, cache_dir=tmp_path)
+    texts = ["a cat", "a dog"]
+    assert cosines(encoder.encode_text(texts), encoder_for(NAME, "torch").encode_text(texts)).min() > 0.99999
+
+
+def test_onnx_export_is_cached_and_reused(tmp_path, random_model, monkeypatch) -> None:
+    from clipserve.backends import factory
+    from clipserve.encoder import Encoder
+
+    checkpoint = random_model("RN50::openai").checkpoint
+    first = Encoder("RN50::openai", weights=checkpoint, cache_dir=tmp_path)
+    export_dir = first.info()["weights"]
+    assert export_dir.startswith(str(tmp_path / "onnx" / "RN50"))
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again instead of reusing the cache")
+
+    monkeypatch.setattr("clipserve.backends.export.export_onnx", no_export)
+    second = Encoder("RN50::openai", weights=checkpoint, cache_dir=tmp_path)
+    assert second.info()["weights"] == export_dir
+    assert factory.onnx_model_dir(second.spec, checkpoint, tmp_path).as_posix() == export_dir
+    assert cosines(first.encode_text(["a"]), second.encode_text(["a"]))[0] > 0.99999
