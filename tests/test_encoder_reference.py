@@ -84,7 +84,7 @@ def test_rank_is_softmax_of_scaled_cosine(backend: str, photo_paths, random_mode
     text = model.text_vectors([query])[0]
     image = model.image_vectors([decode_image(p) for p in candidates])
     cos = image @ text
-    scale = float(model.model.logit_scale.exp())
+    scale = model.model.logit_scale.exp().item()
     expected = torch.softmax(torch.tensor(scale * cos, dtype=torch.float64), 0).numpy()
     assert [m.index for m in ranked] == list(np.argsort(-expected, kind="stable"))
     assert sum(m.clip_score for m in ranked) == pytest.approx(1.0)
