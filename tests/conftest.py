@@ -57,6 +57,20 @@ def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("clipserve-cache")
 
 
+def open_clip_transform(spec):
+    """open_clip's own eval transform for a zoo entry: the reference for preprocessing."""
+    import open_clip
+
+    return open_clip.image_transform(
+        spec.image_size[0],
+        is_train=False,
+        mean=spec.mean,
+        std=spec.std,
+        resize_mode=spec.resize_mode,
+        interpolation=spec.interpolation,
+    )
+
+
 class RandomModel:
     """An open_clip model with random weights, saved as a checkpoint file."""
 
@@ -71,14 +85,7 @@ class RandomModel:
         self.model = open_clip.create_model(self.spec.arch, force_quick_gelu=self.spec.quick_gelu).eval()
         self.checkpoint = directory / f"{self.spec.arch}.pt"
         torch.save(self.model.state_dict(), self.checkpoint)
-        self.transform = open_clip.image_transform(
-            self.spec.image_size[0],
-            is_train=False,
-            mean=self.spec.mean,
-            std=self.spec.std,
-            resize_mode=self.spec.resize_mode,
-            interpolation=self.spec.interpolation,
-        )
+        self.transform = open_clip_transform(self.spec)
         self.tokenizer = open_clip.get_tokenizer(self.spec.arch)
 
     def image_vectors(self, images) -> np.ndarray:

@@ -7,29 +7,17 @@ from PIL import Image
 from clipserve.errors import InvalidInput
 from clipserve.preprocess.image import ImagePreprocessor, decode_image
 from clipserve.zoo import get_spec
+from tests.conftest import open_clip_transform
 
 MODES = ["RGB", "L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1"]
 # shortest-edge bicubic 224, shortest-edge bicubic 336, squash bilinear 224 (PE-style)
 SPECS = ["ViT-B-32::openai", "ViT-L-14-336::openai", "PE-Core-B-16::meta"]
 
 
-def _open_clip_transform(spec):
-    import open_clip
-
-    return open_clip.image_transform(
-        spec.image_size[0],
-        is_train=False,
-        mean=spec.mean,
-        std=spec.std,
-        resize_mode=spec.resize_mode,
-        interpolation=spec.interpolation,
-    )
-
-
 @pytest.mark.parametrize("name", SPECS)
 def test_pixels_equal_open_clip_transform_for_every_photo_and_mode(name: str, photo_paths) -> None:
     spec = get_spec(name)
-    reference = _open_clip_transform(spec)
+    reference = open_clip_transform(spec)
     ours = ImagePreprocessor(spec)
     checked = 0
     for path in photo_paths:
@@ -56,7 +44,7 @@ def test_photos_cover_several_pillow_modes(photo_paths) -> None:
 
 def test_small_and_exact_size_images() -> None:
     spec = get_spec("ViT-B-32::openai")
-    reference, ours = _open_clip_transform(spec), ImagePreprocessor(spec)
+    reference, ours = open_clip_transform(spec), ImagePreprocessor(spec)
     rng = np.random.default_rng(0)
     for shape in [(224, 224, 3), (1, 1, 3), (5, 900, 3), (300, 224, 3), (223, 225, 3)]:
         image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
