@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from clipserve.backends.base import PRECISION_DEVICES, PRECISIONS
 from clipserve.errors import ClipserveError
 from clipserve.preprocess.image import is_image_path
 from clipserve.zoo import DEFAULT_MODEL, list_models
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a checkpoint to ONNX (needs the torch extra)")
     _add_engine_options(export)
     export.add_argument("--output", type=Path, help="directory to write (default: the cache)")
+    export.add_argument(
+        "--precision", default=_env("precision", "fp32"), choices=tuple(PRECISION_DEVICES["onnx"])
+    )
 
     encode = commands.add_parser("encode", help="embed image files/folders and texts")
     _add_engine_options(encode)
@@ -55,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     encode.add_argument("--backend", default=_env("backend", "onnx"), choices=("onnx", "torch"))
     encode.add_argument("--device", default=_env("device", "cpu"))
-    encode.add_argument("--precision", default=_env("precision", "fp32"))
+    encode.add_argument("--precision", default=_env("precision", "fp32"), choices=PRECISIONS)
     encode.add_argument("--batch-size", type=int, default=int(_env("batch_size", "32")))
     encode.add_argument("--num-workers", type=int, default=None)
     return parser
@@ -85,12 +89,20 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
         backends = ",".join(spec.backends) or "-"
         print(f"{spec.name:<{width}}  {spec.dim:>5}  {size:>7}  {backends:<10}  {spec.licence}")
+    print(
+        "\nprecisions: "
+        + "; ".join(
+            f"{backend} " + ", ".join(f"{p} ({'/'.join(devices)})" for p, devices in table.items())
+            for backend, table in PRECISION_DEVICES.items()
+        )
+    )
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from clipserve.backends.export import export_onnx
     from clipserve.backends.factory import onnx_model_dir
+    from clipserve.backends.precision import derive_int8
     from clipserve.weights import cache_dir, explicit_weights, find_checkpoint
     from clipserve.zoo import get_spec
 
@@ -98,9 +110,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     cache = cache_dir(args.cache_dir)
     explicit = explicit_weights(spec, args.weights) if args.weights else None
     if args.output is None:
-        print(onnx_model_dir(spec, explicit, cache))
-    else:
+        print(onnx_model_dir(spec, explicit, cache, args.precision))
+        return 0
+    if args.precision == "fp32":
         print(export_onnx(spec, explicit or find_checkpoint(spec, cache), args.output))
+    else:
+        print(derive_int8(onnx_model_dir(spec, explicit, cache), args.output))
     return 0
 
 

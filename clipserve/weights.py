@@ -7,6 +7,7 @@ never falls back to random weights.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -63,9 +64,23 @@ def onnx_cache(spec: ModelSpec, root: Path, source: str, precision: str) -> Path
 
 def checkpoint_fingerprint(path: Path) -> str:
     """A short stable id of a checkpoint file (resolved path, size, mtime) for cache keys."""
+    return "file-" + _fingerprint(path)
+
+
+def export_fingerprint(path: Path) -> str:
+    """A short stable id of a user's ONNX export directory (its metadata file) for cache keys."""
+    return "dir-" + _fingerprint(path / ONNX_MARKER)
+
+
+def _fingerprint(path: Path) -> str:
     stat = path.stat()
     key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return "file-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def read_export_meta(path: Path) -> dict:
+    """The ``clipserve.json`` of an ONNX export directory."""
+    return json.loads((path / ONNX_MARKER).read_text())
 
 
 @dataclass

@@ -22,6 +22,7 @@ SHARED_PHOTOS = REPO.parent / "shared" / "data" / "photos"
 AWKWARD_TEXTS = [
     "a photo of a cat",
     "",
+    "dog",
     "   ",
     "Ünïcödé naïve café — 東京タワー, Привет мир",
     "emoji 🐱🚀👨‍👩‍👧 🏳️‍🌈",

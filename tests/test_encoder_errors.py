@@ -77,7 +77,7 @@ def test_unknown_model_and_bad_options(random_model, cache_root) -> None:
         UnsupportedModel, match="precision 'fp16' is not available for the torch backend on 'cpu'"
     ):
         Encoder(NAME, backend="torch", precision="fp16", weights=checkpoint, cache_dir=cache_root)
-    with pytest.raises(UnsupportedModel, match="precision 'fp16' is not available for the onnx backend"):
+    with pytest.raises(UnsupportedModel, match="the onnx backend has no 'fp16' precision"):
         Encoder(NAME, backend="onnx", precision="fp16", weights=checkpoint, cache_dir=cache_root)
     with pytest.raises(UnsupportedModel, match="Hugging Face tokenizer"):
         Encoder("ViT-B-16-SigLIP::webli", weights=checkpoint, cache_dir=cache_root)

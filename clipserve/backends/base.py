@@ -9,7 +9,14 @@ import numpy as np
 from clipserve.errors import UnsupportedModel
 from clipserve.zoo import ModelSpec
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+"""Named precisions: fp32 is exact; fp16 and int8 trade accuracy for speed and are never a default."""
+
+PRECISION_DEVICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "onnx": {"fp32": ("cpu", "cuda", "tensorrt"), "int8": ("cpu",)},
+    "torch": {"fp32": ("cpu", "cuda"), "fp16": ("cuda",)},
+}
+"""backend → precision → the device kinds it runs on."""
 
 
 class Backend(Protocol):
@@ -34,15 +41,21 @@ class Backend(Protocol):
         ...
 
 
-def check_precision(precision: str, backend: str, device: str, allowed: dict[str, tuple[str, ...]]) -> None:
-    """Raise :class:`UnsupportedModel` unless ``precision`` runs on ``backend`` with ``device``."""
+def check_backend_precision(precision: str, backend: str) -> None:
+    """Raise :class:`UnsupportedModel` unless ``backend`` offers ``precision`` at all."""
     if precision not in PRECISIONS:
         raise UnsupportedModel(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    runs_on = allowed.get(precision, ())
+    if precision not in PRECISION_DEVICES[backend]:
+        offered = ", ".join(PRECISION_DEVICES[backend])
+        raise UnsupportedModel(f"the {backend} backend has no {precision!r} precision (it offers: {offered})")
+
+
+def check_precision(precision: str, backend: str, device: str) -> None:
+    """Raise :class:`UnsupportedModel` unless ``precision`` runs on ``backend`` with ``device`` (a kind)."""
+    check_backend_precision(precision, backend)
+    runs_on = PRECISION_DEVICES[backend][precision]
     if device not in runs_on:
-        where = (
-            f"it runs on: {', '.join(runs_on)}" if runs_on else f"the {backend} backend has no {precision}"
-        )
         raise UnsupportedModel(
-            f"precision {precision!r} is not available for the {backend} backend on {device!r} ({where})"
+            f"precision {precision!r} is not available for the {backend} backend on {device!r} "
+            f"(it runs on: {', '.join(runs_on)})"
         )

@@ -6,14 +6,16 @@ import logging
 import os
 from pathlib import Path
 
-from clipserve.backends.base import Backend
+from clipserve.backends.base import PRECISION_DEVICES, Backend, check_backend_precision
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.weights import (
     checkpoint_fingerprint,
     explicit_weights,
+    export_fingerprint,
     find_checkpoint,
     is_onnx_dir,
     onnx_cache,
+    read_export_meta,
 )
 from clipserve.zoo import ModelSpec
 
@@ -33,6 +35,8 @@ def create_backend(
     """Build ``backend`` for ``spec`` on ``device``, locating (and for onnx, exporting) weights."""
     if spec.unsupported_reason:
         raise UnsupportedModel(spec.unsupported_reason)
+    if backend in PRECISION_DEVICES:
+        check_backend_precision(precision, backend)
     explicit = explicit_weights(spec, weights) if weights is not None else None
     if backend == "torch":
         from clipserve.backends.torch import TorchBackend
@@ -45,19 +49,43 @@ def create_backend(
     if backend == "onnx":
         from clipserve.backends.onnx import OnnxBackend
 
-        return OnnxBackend(spec, onnx_model_dir(spec, explicit, cache), device, precision)
+        return OnnxBackend(spec, onnx_model_dir(spec, explicit, cache, precision), device, precision)
     raise UnsupportedModel(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def onnx_model_dir(spec: ModelSpec, explicit: Path | None, cache: Path) -> Path:
-    """An exported ONNX directory for ``spec``: given, cached, or exported once into the cache."""
+def onnx_model_dir(spec: ModelSpec, explicit: Path | None, cache: Path, precision: str = "fp32") -> Path:
+    """An ONNX export of ``spec`` in ``precision``: given, cached, or made once into the cache.
+
+    fp32 is exported from the checkpoint (needs torch); int8 is derived from the fp32 export
+    (ONNX Runtime only) and cached beside it.
+    """
     if explicit is not None and explicit.is_dir():
-        return explicit
-    source = checkpoint_fingerprint(explicit) if explicit is not None else spec.tag
-    target = onnx_cache(spec, cache, source, "fp32")
-    if is_onnx_dir(target):
-        return target
-    checkpoint = explicit or find_checkpoint(spec, cache)
+        given = read_export_meta(explicit)["precision"]
+        if given == precision:
+            return explicit
+        if given != "fp32":
+            raise UnsupportedModel(
+                f"{explicit} is a {given} export; pass an fp32 export to derive {precision}"
+            )
+        fp32_dir = explicit
+        target = onnx_cache(spec, cache, export_fingerprint(explicit), precision)
+    else:
+        source = checkpoint_fingerprint(explicit) if explicit is not None else spec.tag
+        fp32_dir = onnx_cache(spec, cache, source, "fp32")
+        if not is_onnx_dir(fp32_dir):
+            export_fp32(spec, explicit or find_checkpoint(spec, cache), fp32_dir)
+        target = onnx_cache(spec, cache, source, precision)
+    if precision == "fp32":
+        return fp32_dir
+    if not is_onnx_dir(target):
+        from clipserve.backends.precision import derive_int8
+
+        derive_int8(fp32_dir, target)
+    return target
+
+
+def export_fp32(spec: ModelSpec, checkpoint: Path, target: Path) -> Path:
+    """Export ``checkpoint`` to ONNX fp32 in ``target``; explains when torch is missing."""
     try:
         from clipserve.backends.export import export_onnx
     except ImportError as exc:

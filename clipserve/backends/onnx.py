@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,12 +10,10 @@ import onnxruntime as ort
 
 from clipserve.backends.base import check_precision
 from clipserve.errors import DeviceUnavailable, WeightsUnavailable
-from clipserve.weights import ONNX_MARKER
+from clipserve.weights import read_export_meta
 from clipserve.zoo import ModelSpec
 
 log = logging.getLogger(__name__)
-
-ALLOWED_PRECISIONS = {"fp32": ("cpu", "cuda", "tensorrt")}
 
 
 def execution_providers(device: str) -> list[str | tuple[str, dict]]:
@@ -53,10 +50,12 @@ class OnnxBackend:
         self, spec: ModelSpec, model_dir: Path, device: str = "cpu", precision: str = "fp32"
     ) -> None:
         providers = execution_providers(device)
-        check_precision(precision, "onnx", device.split(":")[0], ALLOWED_PRECISIONS)
-        meta = json.loads((model_dir / ONNX_MARKER).read_text())
+        check_precision(precision, "onnx", device.split(":")[0])
+        meta = read_export_meta(model_dir)
         if meta["arch"] != spec.arch:
             raise WeightsUnavailable(f"{model_dir} holds an export of {meta['model']}, not of {spec.name}")
+        if meta["precision"] != precision:
+            raise WeightsUnavailable(f"{model_dir} holds a {meta['precision']} export, not {precision}")
         self.spec = spec
         self.model_dir = model_dir
         self.device = device
@@ -71,6 +70,8 @@ class OnnxBackend:
     def _session(self, path: Path, providers: list) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle inference threads must not spin: image decoding threads share the cores meanwhile.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=providers)
         wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
         if wanted not in session.get_providers():  # onnxruntime silently falls back when a provider fails

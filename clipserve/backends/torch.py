@@ -16,8 +16,6 @@ from clipserve.zoo import ModelSpec
 
 log = logging.getLogger(__name__)
 
-ALLOWED_PRECISIONS = {"fp32": ("cpu", "cuda"), "fp16": ("cuda",)}
-
 
 def load_open_clip_model(spec: ModelSpec, checkpoint: Path) -> nn.Module:
     """Build ``spec``'s open_clip model and load ``checkpoint`` into it (``weights_only`` loading)."""
@@ -85,7 +83,7 @@ class TorchBackend:
         self, spec: ModelSpec, checkpoint: Path, device: str = "cpu", precision: str = "fp32"
     ) -> None:
         self.device = resolve_device(device)
-        check_precision(precision, "torch", self.device.type, ALLOWED_PRECISIONS)
+        check_precision(precision, "torch", self.device.type)
         self.spec = spec
         self.precision = precision
         self.dtype = torch.float16 if precision == "fp16" else torch.float32

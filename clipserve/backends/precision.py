@@ -1,0 +1,56 @@
+"""Derive the int8 ONNX export from an fp32 export (ONNX Runtime tools only; no torch).
+
+- ``int8``: dynamic quantisation with per-channel int8 weights of every MatMul/Gemm (activations
+  are quantised per batch at run time). Convolutions stay fp32: ONNX Runtime's integer convolution
+  is slower than its fp32 one on CPUs, so quantising them costs speed (ResNet stems, ViT patch
+  embedding) for no gain.
+
+fp16 is the torch backend's on CUDA: graphs from ONNX Runtime's float16 converter crashed its CPU
+provider here, and no GPU was at hand to validate them, so the ONNX backend does not offer fp16.
+
+The int8 export is a directory like the fp32 one, with ``precision`` set in ``clipserve.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from clipserve.weights import ONNX_MARKER
+
+log = logging.getLogger(__name__)
+
+TOWERS = ("image.onnx", "text.onnx")
+INT8_OP_TYPES = ["MatMul", "Gemm"]
+
+
+def derive_int8(fp32_dir: Path, out_dir: Path) -> Path:
+    """Write the int8 version of the fp32 export ``fp32_dir`` into ``out_dir``."""
+    staging = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for tower in TOWERS:
+        log.info("quantising %s of %s to int8", tower, fp32_dir)
+        _quantize_int8(fp32_dir / tower, staging / tower)
+    meta = json.loads((fp32_dir / ONNX_MARKER).read_text())
+    meta.update(precision="int8", derived_from=str(fp32_dir))
+    (staging / ONNX_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return out_dir
+
+
+def _quantize_int8(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        source,
+        target,
+        op_types_to_quantize=INT8_OP_TYPES,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        use_external_data_format=True,
+    )

@@ -1,0 +1,88 @@
+"""Named precisions: int8 (ONNX Runtime, CPU) within cosine 0.99 of fp32, cached; wrong ones refused."""
+
+import json
+
+import pytest
+
+from clipserve.errors import DeviceUnavailable, UnsupportedModel, WeightsUnavailable
+from tests.conftest import AWKWARD_TEXTS, cosines
+
+
+@pytest.fixture(scope="module")
+def int8_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("int8-cache")
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32::openai", "RN50::openai"])
+def test_int8_close_to_fp32_on_photos_and_texts(name, int8_cache, random_model, photo_paths) -> None:
+    from clipserve.encoder import Encoder
+
+    checkpoint = random_model(name).checkpoint
+    fp32 = Encoder(name, weights=checkpoint, cache_dir=int8_cache)
+    int8 = Encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8")
+    assert int8.info()["precision"] == "int8" and fp32.info()["precision"] == "fp32"
+    int8_dir, fp32_dir = int8.info()["weights"], fp32.info()["weights"]
+    assert int8_dir != fp32_dir
+    assert int8_dir.rsplit("/", 1)[0] == fp32_dir.rsplit("/", 1)[0]  # cached beside the fp32 export
+    assert cosines(int8.encode_image(photo_paths), fp32.encode_image(photo_paths)).min() >= 0.99
+    assert cosines(int8.encode_text(AWKWARD_TEXTS), fp32.encode_text(AWKWARD_TEXTS)).min() >= 0.99
+
+
+def test_int8_export_is_cached_and_reused(int8_cache, random_model, monkeypatch) -> None:
+    from clipserve.encoder import Encoder
+
+    name = "ViT-B-32::openai"
+    checkpoint = random_model(name).checkpoint
+    first = Encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8")
+
+    def no_quantising(*args, **kwargs):
+        raise AssertionError("quantised again instead of reusing the cache")
+
+    monkeypatch.setattr("clipserve.backends.precision.derive_int8", no_quantising)
+    monkeypatch.setattr("clipserve.backends.export.export_onnx", no_quantising)
+    second = Encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8")
+    assert second.info()["weights"] == first.info()["weights"]
+
+
+def test_export_command_writes_int8_that_loads_without_checkpoint(tmp_path, random_model, int8_cache) -> None:
+    from clipserve.cli import main
+    from clipserve.encoder import Encoder
+
+    name = "ViT-B-32::openai"
+    checkpoint = random_model(name).checkpoint
+    out = tmp_path / "int8"
+    args = ["export", "--model", name, "--weights", str(checkpoint), "--cache-dir", str(int8_cache)]
+    assert main([*args, "--precision", "int8", "--output", str(out)]) == 0
+    assert json.loads((out / "clipserve.json").read_text())["precision"] == "int8"
+    encoder = Encoder(name, weights=out, precision="int8")
+    reference = Encoder(name, weights=checkpoint, cache_dir=int8_cache)
+    assert cosines(encoder.encode_text(["a cat"]), reference.encode_text(["a cat"]))[0] >= 0.99
+    with pytest.raises(UnsupportedModel, match="is a int8 export; pass an fp32 export"):
+        Encoder(name, weights=out, precision="fp32")
+
+
+def test_an_fp32_export_dir_yields_int8_in_the_cache(tmp_path, encoder_for) -> None:
+    from clipserve.encoder import Encoder
+
+    fp32_dir = encoder_for("ViT-B-32::openai", "onnx").info()["weights"]
+    encoder = Encoder("ViT-B-32::openai", weights=fp32_dir, cache_dir=tmp_path, precision="int8")
+    assert encoder.info()["weights"].startswith(str(tmp_path / "onnx" / "ViT-B-32" / "dir-"))
+
+
+def test_wrong_precision_for_backend_or_device(random_model, cache_root) -> None:
+    from clipserve.backends.onnx import OnnxBackend
+    from clipserve.encoder import Encoder
+
+    name = "ViT-B-32::openai"
+    checkpoint = random_model(name).checkpoint
+    with pytest.raises(UnsupportedModel, match="the torch backend has no 'int8' precision"):
+        Encoder(name, backend="torch", precision="int8", weights=checkpoint, cache_dir=cache_root)
+    with pytest.raises(UnsupportedModel, match="unknown precision 'int4'"):
+        Encoder(name, precision="int4", weights=checkpoint, cache_dir=cache_root)
+    with pytest.raises(DeviceUnavailable, match="CUDAExecutionProvider"):
+        Encoder(name, precision="int8", device="cuda", weights=checkpoint, cache_dir=cache_root)
+    fp32_dir = Encoder(name, weights=checkpoint, cache_dir=cache_root).backend.model_dir
+    from clipserve.zoo import get_spec
+
+    with pytest.raises(WeightsUnavailable, match="holds a fp32 export, not int8"):
+        OnnxBackend(get_spec(name), fp32_dir, precision="int8")
