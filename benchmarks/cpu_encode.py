@@ -1,51 +1,71 @@
-"""CPU encoding benchmark: open_clip's own pipeline vs clipserve (torch and ONNX), in one process.
+"""CPU encoding benchmark: clipserve against open_clip and Hugging Face transformers, in one process.
 
-Images are JPEG bytes → L2-normalised vectors (decode + preprocess + model); texts are captions →
-vectors. Weights are random (same shapes and FLOPs as the released ones; hubs are unreachable here).
-Prints a markdown table: throughput, per-batch latency percentiles, peak RSS during the run, and
-the ratio to open_clip.
+For ViT-B-32 and RN50 (random weights: the released shapes and FLOPs; hubs are unreachable here) it
+measures, pipeline by pipeline:
 
-    python benchmarks/cpu_encode.py [--model ViT-B-32::openai] [--images 256] [--batch-size 32]
+- images/s from JPEG bytes to L2-normalised vectors (decode + preprocess + model), with per-batch
+  latency percentiles;
+- texts/s for realistic captions (3 to 20 words) and for long texts (beyond 77 tokens);
+- cold start: building the pipeline from files on disk (checkpoint, HF directory or cached ONNX
+  export; imports excluded) until the first vector comes back;
+- peak resident memory of the process while the pipeline is loaded and running (pipelines run one
+  after another, each freed before the next);
+- accuracy: cosine to open_clip's own vectors (fp32) and int8 to fp32, minimum over items.
+
+and prints markdown tables with the ratio to open_clip, and the issue's targets met or not.
+
+    python benchmarks/cpu_encode.py [--models ViT-B-32::openai RN50::openai] [--images 256]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import io
+import json
 import os
 import platform
+import random
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import open_clip
 import torch
+import transformers
 from PIL import Image
 
 from clipserve.encoder import Encoder
-from clipserve.zoo import get_spec
+from clipserve.preprocess.text import END_TOKEN, START_TOKEN, clip_vocab
+from clipserve.zoo import ModelSpec, get_spec
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
+CAPTION_WORDS = """a photo of the small large red blue green old young man woman child dog cat bird horse car
+bike street city park beach mountain river table kitchen sitting standing running holding next to near on in
+with under over wooden white black two three people group playing walking field snow sunset""".split()
 
 
 class PeakRss:
-    """Samples this process's resident memory in the background; ``peak`` in MiB."""
+    """Samples the process's resident memory in the background; ``peak`` in MiB."""
 
-    def __init__(self, interval_s: float = 0.01) -> None:
-        self.interval_s, self.peak, self._stop = interval_s, 0.0, threading.Event()
+    def __init__(self) -> None:
+        self.peak, self._stop = 0.0, threading.Event()
 
-    def _rss_mib(self) -> float:
+    @staticmethod
+    def now() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss_mib())
-            time.sleep(self.interval_s)
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.01)
 
     def __enter__(self) -> PeakRss:
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -57,24 +77,39 @@ class PeakRss:
         self._thread.join()
 
 
-def measure(run_batch: Callable[[list], np.ndarray], inputs: list, batch_size: int) -> dict[str, float]:
-    run_batch(inputs[:batch_size])  # warm-up
+@dataclass
+class Pipeline:
+    """One way of encoding: ``build`` loads it from disk; the callables take a list of inputs."""
+
+    name: str
+    build: Callable[[], tuple[Callable[[list], np.ndarray], Callable[[list], np.ndarray]]]
+    results: dict[str, float] = field(default_factory=dict)
+
+
+def throughput(encode: Callable[[list], np.ndarray], inputs: list, batch: int, per_batch: bool) -> dict:
+    """Items/s over all ``inputs`` plus per-batch latency percentiles (ms)."""
+    encode(inputs[:batch])  # warm-up
     latencies = []
-    with PeakRss() as rss:
-        start = time.perf_counter()
-        for i in range(0, len(inputs), batch_size):
+    start = time.perf_counter()
+    if per_batch:
+        for i in range(0, len(inputs), batch):
             t = time.perf_counter()
-            out = run_batch(inputs[i : i + batch_size])
+            encode(inputs[i : i + batch])
             latencies.append(time.perf_counter() - t)
-            assert out.shape[0] == len(inputs[i : i + batch_size])
-        total = time.perf_counter() - start
+    else:  # one call: the pipeline batches (and groups by length) itself
+        encode(inputs)
+    total = time.perf_counter() - start
+    if not latencies:
+        for i in range(0, min(len(inputs), 8 * batch), batch):
+            t = time.perf_counter()
+            encode(inputs[i : i + batch])
+            latencies.append(time.perf_counter() - t)
     ms = np.asarray(latencies) * 1000
     return {
         "per_s": len(inputs) / total,
-        "p50": float(np.percentile(ms, 50)),
-        "p95": float(np.percentile(ms, 95)),
-        "p99": float(np.percentile(ms, 99)),
-        "rss": rss.peak,
+        "p50": np.percentile(ms, 50),
+        "p95": np.percentile(ms, 95),
+        "p99": np.percentile(ms, 99),
     }
 
 
@@ -89,82 +124,265 @@ def jpeg_inputs(count: int) -> list[bytes]:
     return [jpegs[i % len(jpegs)] for i in range(count)]
 
 
-def captions(count: int) -> list[str]:
-    with open(PHOTOS / "labels.csv") as f:
-        base = [row["caption"] for row in csv.DictReader(f)]
-    return [f"{base[i % len(base)]} number {i}" for i in range(count)]
+def captions(count: int, low: int, high: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(CAPTION_WORDS, k=rng.randint(low, high))) for _ in range(count)]
+
+
+def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(axis=1).min())
+
+
+def hf_tokenizer_dir(workdir: Path) -> Path:
+    """CLIPTokenizerFast files (vocab.json, merges.txt) written from clipserve's CLIP vocabulary."""
+    vocab, merges = clip_vocab()
+    names = {START_TOKEN: "<|startoftext|>", END_TOKEN: "<|endoftext|>"}
+    full = {**vocab, names[START_TOKEN]: len(vocab), names[END_TOKEN]: len(vocab) + 1}
+    target = workdir / "hf-tokenizer"
+    target.mkdir(exist_ok=True)
+    (target / "vocab.json").write_text(json.dumps(full))
+    (target / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return target
+
+
+def hf_vit_b_32_dir(workdir: Path) -> Path:
+    """A random-weight transformers CLIPModel with ViT-B-32's configuration, saved to disk."""
+    config = transformers.CLIPConfig(
+        text_config={
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_attention_heads": 8,
+            "num_hidden_layers": 12,
+            "hidden_act": "quick_gelu",
+        },
+        vision_config={
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_attention_heads": 12,
+            "num_hidden_layers": 12,
+            "image_size": 224,
+            "patch_size": 32,
+            "hidden_act": "quick_gelu",
+        },
+        projection_dim=512,
+    )
+    target = workdir / "hf-clip"
+    transformers.CLIPModel(config).eval().save_pretrained(target)
+    return target
+
+
+def make_pipelines(spec: ModelSpec, workdir: Path, batch: int) -> list[Pipeline]:
+    torch.manual_seed(0)
+    checkpoint = workdir / f"{spec.arch}.pt"
+    torch.save(open_clip.create_model(spec.arch, force_quick_gelu=spec.quick_gelu).state_dict(), checkpoint)
+    for precision in ("fp32", "int8"):  # the ONNX exports are made once, like a user's cache
+        Encoder(spec.name, weights=checkpoint, cache_dir=workdir, precision=precision).close()
+
+    def open_clip_pipeline():
+        model = open_clip.create_model(
+            spec.arch, pretrained=str(checkpoint), force_quick_gelu=spec.quick_gelu
+        ).eval()
+        transform = open_clip.image_transform(
+            spec.image_size[0],
+            is_train=False,
+            mean=spec.mean,
+            std=spec.std,
+            resize_mode=spec.resize_mode,
+            interpolation=spec.interpolation,
+        )
+        tokenizer = open_clip.get_tokenizer(spec.arch)
+
+        @torch.inference_mode()
+        def images(batch_bytes: list[bytes]) -> np.ndarray:
+            pixels = torch.stack([transform(Image.open(io.BytesIO(b))) for b in batch_bytes])
+            return torch.nn.functional.normalize(model.encode_image(pixels), dim=-1).numpy()
+
+        @torch.inference_mode()
+        def texts(batch_texts: list[str]) -> np.ndarray:
+            return torch.nn.functional.normalize(model.encode_text(tokenizer(batch_texts)), dim=-1).numpy()
+
+        return images, texts
+
+    def clipserve_pipeline(backend: str, precision: str):
+        def build():
+            encoder = Encoder(
+                spec.name,
+                backend=backend,
+                weights=checkpoint,
+                cache_dir=workdir,
+                batch_size=batch,
+                precision=precision,
+            )
+            return encoder.encode_image, encoder.encode_text
+
+        return build
+
+    pipelines = [Pipeline("open_clip (torch fp32)", open_clip_pipeline)]
+    if spec.arch == "ViT-B-32":
+        hf_dir, tokenizer_dir = hf_vit_b_32_dir(workdir), hf_tokenizer_dir(workdir)
+
+        def hf_pipeline():
+            model = transformers.CLIPModel.from_pretrained(hf_dir).eval()
+            processor = transformers.CLIPImageProcessor()
+            tokenizer = transformers.CLIPTokenizerFast.from_pretrained(tokenizer_dir)
+
+            @torch.inference_mode()
+            def images(batch_bytes: list[bytes]) -> np.ndarray:
+                pixels = processor(
+                    [Image.open(io.BytesIO(b)).convert("RGB") for b in batch_bytes], return_tensors="pt"
+                )["pixel_values"]
+                out = model.get_image_features(pixel_values=pixels)
+                out = getattr(out, "pooler_output", out)
+                return torch.nn.functional.normalize(out, dim=-1).numpy()
+
+            @torch.inference_mode()
+            def texts(batch_texts: list[str]) -> np.ndarray:
+                tokens = tokenizer(
+                    batch_texts, padding=True, truncation=True, max_length=77, return_tensors="pt"
+                )
+                out = model.get_text_features(**tokens)
+                out = getattr(out, "pooler_output", out)
+                return torch.nn.functional.normalize(out, dim=-1).numpy()
+
+            return images, texts
+
+        pipelines.append(Pipeline("HF transformers (torch fp32)", hf_pipeline))
+    pipelines += [
+        Pipeline("clipserve torch fp32", clipserve_pipeline("torch", "fp32")),
+        Pipeline("clipserve onnx fp32", clipserve_pipeline("onnx", "fp32")),
+        Pipeline("clipserve onnx int8", clipserve_pipeline("onnx", "int8")),
+    ]
+    return pipelines
+
+
+def model_only(spec: ModelSpec, workdir: Path, precision: str, batch: int) -> float:
+    """ONNX image tower alone on preprocessed pixels, images/s (for the end-to-end ratio)."""
+    encoder = Encoder(spec.name, weights=workdir / f"{spec.arch}.pt", cache_dir=workdir, precision=precision)
+    pixels = np.stack([encoder.image_preprocessor(Image.open(io.BytesIO(b))) for b in jpeg_inputs(batch)])
+    encoder.backend.encode_image(pixels)
+    start, rounds = time.perf_counter(), 4
+    for _ in range(rounds):
+        encoder.backend.encode_image(pixels)
+    encoder.close()
+    return rounds * batch / (time.perf_counter() - start)
+
+
+def run_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) -> list[Pipeline]:
+    images = jpeg_inputs(args.images)
+    photos = jpeg_inputs(10)  # each shared photo once, for accuracy
+    short, long = captions(args.texts, 3, 20, seed=1), captions(args.long_texts, 70, 120, seed=2)
+    pipelines = make_pipelines(spec, workdir, args.batch_size)
+    vectors: dict[str, dict[str, np.ndarray]] = {}
+    for pipeline in pipelines:
+        gc.collect()
+        before = PeakRss.now()
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            encode_images, encode_texts = pipeline.build()
+            encode_images(images[:1])
+            pipeline.results["cold_s"] = time.perf_counter() - start
+            one_call = pipeline.name.startswith("clipserve")
+            pipeline.results["img"] = throughput(encode_images, images, args.batch_size, per_batch=True)
+            pipeline.results["short"] = throughput(
+                encode_texts, short, args.batch_size, per_batch=not one_call
+            )
+            pipeline.results["long"] = throughput(encode_texts, long, args.batch_size, per_batch=not one_call)
+            vectors[pipeline.name] = {"photos": encode_images(photos), "short": encode_texts(short[:256])}
+        pipeline.results["rss"] = rss.peak
+        pipeline.results["rss_before"] = before
+        del encode_images, encode_texts
+    reference = vectors["open_clip (torch fp32)"]
+    for pipeline in pipelines:
+        if pipeline.name.startswith("clipserve"):
+            ours = vectors[pipeline.name]
+            pipeline.results["cos_img"] = cosine_min(ours["photos"], reference["photos"])
+            pipeline.results["cos_txt"] = cosine_min(ours["short"], reference["short"])
+    fp32, int8 = vectors["clipserve onnx fp32"], vectors["clipserve onnx int8"]
+    pipelines[-1].results["int8_vs_fp32_img"] = cosine_min(int8["photos"], fp32["photos"])
+    pipelines[-1].results["int8_vs_fp32_txt"] = cosine_min(int8["short"], fp32["short"])
+    for precision, pipeline in (("fp32", pipelines[-2]), ("int8", pipelines[-1])):
+        pipeline.results["model_only"] = model_only(spec, workdir, precision, args.batch_size)
+    return pipelines
+
+
+def print_tables(spec: ModelSpec, pipelines: list[Pipeline]) -> None:
+    base = pipelines[0].results
+    print(f"\n### {spec.name}\n")
+    print(
+        "| pipeline | images/s | × | batch ms p50/95/99 | captions/s | × | long texts/s | × "
+        "| cold start s | peak RSS MiB | cosine to open_clip img / txt |"
+    )
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for p in pipelines:
+        r = p.results
+        cos = (
+            f"{r['cos_img']:.6f} / {r['cos_txt']:.6f}"
+            if "cos_img" in r
+            else "reference"
+            if p is pipelines[0]
+            else "-"
+        )
+        print(
+            f"| {p.name} | {r['img']['per_s']:.1f} | {r['img']['per_s'] / base['img']['per_s']:.2f} "
+            f"| {r['img']['p50']:.0f} / {r['img']['p95']:.0f} / {r['img']['p99']:.0f} "
+            f"| {r['short']['per_s']:.1f} | {r['short']['per_s'] / base['short']['per_s']:.2f} "
+            f"| {r['long']['per_s']:.1f} | {r['long']['per_s'] / base['long']['per_s']:.2f} "
+            f"| {r['cold_s']:.1f} | {r['rss']:.0f} | {cos} |"
+        )
+    fp32, int8 = pipelines[-2].results, pipelines[-1].results
+    print(
+        f"\nONNX image tower alone: fp32 {fp32['model_only']:.1f} img/s (end to end "
+        f"{fp32['img']['per_s'] / fp32['model_only']:.0%} of it), int8 {int8['model_only']:.1f} img/s "
+        f"(end to end {int8['img']['per_s'] / int8['model_only']:.0%}). int8 vs fp32 cosine, min: "
+        f"photos {int8['int8_vs_fp32_img']:.4f}, captions {int8['int8_vs_fp32_txt']:.4f}."
+    )
+    if spec.arch == "ViT-B-32":
+        targets = [
+            (
+                "image fp32 ONNX ≥ 1.9× and cosine ≥ 0.9999",
+                fp32["img"]["per_s"] / base["img"]["per_s"],
+                1.9,
+                fp32["cos_img"] >= 0.9999,
+            ),
+            (
+                "image int8 ≥ 4× and cosine ≥ 0.99 to fp32",
+                int8["img"]["per_s"] / base["img"]["per_s"],
+                4.0,
+                int8["int8_vs_fp32_img"] >= 0.99,
+            ),
+            (
+                "captions fp32 ONNX ≥ 10× and cosine ≥ 0.99999",
+                fp32["short"]["per_s"] / base["short"]["per_s"],
+                10.0,
+                fp32["cos_txt"] >= 0.99999,
+            ),
+        ]
+        print("\n| target | measured | met |\n| --- | ---: | --- |")
+        for name, ratio, goal, accurate in targets:
+            print(f"| {name} | {ratio:.2f}× | {'yes' if ratio >= goal and accurate else 'no'} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ViT-B-32::openai")
+    parser.add_argument("--models", nargs="+", default=["ViT-B-32::openai", "RN50::openai"])
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--texts", type=int, default=512)
+    parser.add_argument("--texts", type=int, default=512, help="captions of 3 to 20 words")
+    parser.add_argument("--long-texts", type=int, default=128, help="texts of 70 to 120 words")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-
-    spec = get_spec(args.model)
-    workdir = Path(tempfile.mkdtemp(prefix="clipserve-bench-"))
-    torch.manual_seed(0)
-    model = open_clip.create_model(spec.arch, force_quick_gelu=spec.quick_gelu).eval()
-    checkpoint = workdir / "random.pt"
-    torch.save(model.state_dict(), checkpoint)
-    transform = open_clip.image_transform(
-        spec.image_size[0],
-        is_train=False,
-        mean=spec.mean,
-        std=spec.std,
-        resize_mode=spec.resize_mode,
-        interpolation=spec.interpolation,
-    )
-    tokenizer = open_clip.get_tokenizer(spec.arch)
-
-    @torch.inference_mode()
-    def open_clip_images(batch: list[bytes]) -> np.ndarray:
-        pixels = torch.stack([transform(Image.open(io.BytesIO(b))) for b in batch])
-        return torch.nn.functional.normalize(model.encode_image(pixels), dim=-1).numpy()
-
-    @torch.inference_mode()
-    def open_clip_texts(batch: list[str]) -> np.ndarray:
-        return torch.nn.functional.normalize(model.encode_text(tokenizer(batch)), dim=-1).numpy()
-
-    encoders = {
-        backend: Encoder(
-            args.model, backend=backend, weights=checkpoint, cache_dir=workdir, batch_size=args.batch_size
-        )
-        for backend in ("torch", "onnx")
-    }
-    images, texts = jpeg_inputs(args.images), captions(args.texts)
-    rows = [
-        (
-            "open_clip (torch fp32)",
-            measure(open_clip_images, images, args.batch_size),
-            measure(open_clip_texts, texts, args.batch_size),
-        )
-    ]
-    for backend, encoder in encoders.items():
-        rows.append(
-            (
-                f"clipserve {backend} fp32",
-                measure(encoder.encode_image, images, args.batch_size),
-                measure(encoder.encode_text, texts, args.batch_size),
-            )
-        )
-
     print(
-        f"\n{args.model}, batch {args.batch_size}, {args.images} JPEG images, {args.texts} captions; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}\n"
+        f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"open_clip {open_clip.__version__}, transformers {transformers.__version__}; "
+        f"batch {args.batch_size}, {args.images} JPEG images from the shared photos, "
+        f"{args.texts} captions, {args.long_texts} long texts"
     )
-    print("| pipeline | images/s | × open_clip | batch ms p50/95/99 | texts/s | × open_clip | peak RSS MiB |")
-    print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
-    base_img, base_txt = rows[0][1]["per_s"], rows[0][2]["per_s"]
-    for name, img, txt in rows:
-        print(
-            f"| {name} | {img['per_s']:.1f} | {img['per_s'] / base_img:.2f} | "
-            f"{img['p50']:.0f} / {img['p95']:.0f} / {img['p99']:.0f} | {txt['per_s']:.1f} | "
-            f"{txt['per_s'] / base_txt:.2f} | {max(img['rss'], txt['rss']):.0f} |"
-        )
+    for name in args.models:
+        spec = get_spec(name)
+        with tempfile.TemporaryDirectory(prefix="clipserve-bench-") as workdir:
+            print_tables(spec, run_model(spec, args, Path(workdir)))
 
 
 if __name__ == "__main__":

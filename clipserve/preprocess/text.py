@@ -48,12 +48,18 @@ def clean_text(text: str) -> str:
 
 
 @cache
-def _bpe_tokenizer() -> Tokenizer:
+def clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP's BPE vocabulary (token → id, without the two special tokens) and its merges, in rank order."""
     lines = gzip.decompress(resources.files("clipserve.assets").joinpath(VOCAB_FILE).read_bytes())
     merges = [tuple(line.split()) for line in lines.decode("utf-8").split("\n")[1 : NUM_MERGES + 1]]
     symbols = list(byte_to_unicode().values())
     vocab_list = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
-    vocab = {token: i for i, token in enumerate(vocab_list)}
+    return {token: i for i, token in enumerate(vocab_list)}, merges
+
+
+@cache
+def _bpe_tokenizer() -> Tokenizer:
+    vocab, merges = clip_vocab()
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
