@@ -1,14 +1,17 @@
-"""Minibatching: cut work into batches, group items of similar cost, overlap preprocessing.
+"""Minibatching: cut work into batches, group items of similar cost, overlap preprocessing, and
+merge concurrent requests into batches (the async :class:`DynamicBatcher`, used by the server).
 
 Independent of HTTP and of backends: it moves items and arrays, nothing else.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -63,3 +66,83 @@ def prefetched(
 def _outcome(future: Future[R]) -> R | Exception:
     exc = future.exception()
     return exc if exc is not None else future.result()
+
+
+class QueueFull(Exception):
+    """The dynamic batcher holds its maximum of waiting items; the caller should retry later."""
+
+
+class DynamicBatcher:
+    """Merges items submitted by concurrent callers into batches for one model call.
+
+    One asyncio task forms batches: it takes the oldest waiting item, then waits up to
+    ``max_wait_ms`` for more, up to ``max_batch_size``, and runs ``run`` on them in ``executor``
+    (one inference thread). ``run`` gets the items in submission order and returns one row a item.
+    At most ``max_queue`` items wait; beyond that :meth:`submit` raises :class:`QueueFull` at once
+    instead of letting the queue grow without limit.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[T]], Any],
+        executor: Executor,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 1024,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.run, self.executor = run, executor
+        self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future]] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def depth(self) -> int:
+        """Items waiting for a batch."""
+        return self._queue.qsize()
+
+    async def submit(self, items: Sequence[T]) -> list[Any]:
+        """Queue ``items`` (all or none) and return their rows, in order, once their batches ran."""
+        if self.depth + len(items) > self.max_queue:
+            raise QueueFull(f"{self.depth} items are waiting (limit {self.max_queue})")
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop())
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        for item, future in zip(items, futures, strict=True):
+            self._queue.put_nowait((item, future))
+        return list(await asyncio.gather(*futures))
+
+    async def close(self) -> None:
+        """Stop forming batches (waiting callers get ``CancelledError``)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), deadline - loop.time()))
+                except TimeoutError:
+                    break
+            batch = [(item, future) for item, future in batch if not future.done()]  # drop cancelled
+            if not batch:
+                continue
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            try:
+                rows = await loop.run_in_executor(self.executor, self.run, [item for item, _ in batch])
+            except Exception as exc:  # the model call failed: every caller of this batch learns why
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), row in zip(batch, rows, strict=True):
+                if not future.done():
+                    future.set_result(row)

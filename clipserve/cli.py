@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from tqdm.auto import tqdm
 from clipserve.backends.base import PRECISION_DEVICES, PRECISIONS
 from clipserve.errors import ClipserveError
 from clipserve.preprocess.image import is_image_path
+from clipserve.server.settings import ServerSettings, load_settings
 from clipserve.zoo import DEFAULT_MODEL, list_models
 
 CHUNK_BATCHES = 8
+GRACEFUL_SHUTDOWN_S = 30
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -62,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--precision", default=_env("precision", "fp32"), choices=PRECISIONS)
     encode.add_argument("--batch-size", type=int, default=int(_env("batch_size", "32")))
     encode.add_argument("--num-workers", type=int, default=None)
+    serve = commands.add_parser("serve", help="run the HTTP server (needs the server extra)")
+    serve.add_argument(
+        "--config", type=Path, help="YAML file of settings (flags and CLIPSERVE_* win over it)"
+    )
+    for setting in fields(ServerSettings):
+        flag = "--" + setting.name.replace("_", "-")
+        if setting.type in ("bool", bool):
+            serve.add_argument(flag, action="store_true", default=None)
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(str(setting.type), str)
+            serve.add_argument(flag, type=kind, default=None)
     return parser
 
 
@@ -71,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     try:
-        return {"models": cmd_models, "export": cmd_export, "encode": cmd_encode}[args.command](args)
+        commands = {"models": cmd_models, "export": cmd_export, "encode": cmd_encode, "serve": cmd_serve}
+        return commands[args.command](args)
     except ClipserveError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -116,6 +131,26 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(export_onnx(spec, explicit or find_checkpoint(spec, cache), args.output))
     else:
         print(derive_int8(onnx_model_dir(spec, explicit, cache), args.output))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from clipserve.server.app import create_app
+
+    flags = {f.name: getattr(args, f.name) for f in fields(ServerSettings)}
+    settings = load_settings(args.config, **flags)
+    app = create_app(settings)  # loads the model now: a bad model or weights fails before binding
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        log_level="info" if args.verbose else "warning",
+    )
     return 0
 
 

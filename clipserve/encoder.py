@@ -64,6 +64,8 @@ class Encoder:
         cache_dir: where downloads and exports live (default ``$CLIPSERVE_CACHE`` or
             ``~/.cache/clipserve``).
         allow_url: treat ``http(s)://`` strings as image URLs to fetch (otherwise they are text).
+        allow_private_urls: also fetch from loopback, private, link-local and cloud-metadata
+            addresses (refused by default, also after DNS resolution and on redirects).
         max_pixels: images with more pixels are refused (decompression bombs).
         max_text_chars: longer texts are refused.
     """
@@ -79,6 +81,7 @@ class Encoder:
         precision: str = "fp32",
         cache_dir: str | os.PathLike[str] | None = None,
         allow_url: bool = False,
+        allow_private_urls: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
     ) -> None:
@@ -90,11 +93,12 @@ class Encoder:
         )
         self.batch_size = batch_size
         self.allow_url = allow_url
+        self.allow_private_urls = allow_private_urls
         self.max_pixels = max_pixels
         self.max_text_chars = max_text_chars
         self.tokenizer = ClipTokenizer(self.spec.context_length)
         self.image_preprocessor = ImagePreprocessor(self.spec)
-        self._pool = ThreadPoolExecutor(
+        self.preprocess_pool = ThreadPoolExecutor(
             num_workers or os.cpu_count() or 1, thread_name_prefix="clipserve-pre"
         )
 
@@ -113,7 +117,7 @@ class Encoder:
 
     def close(self) -> None:
         """Stop the preprocessing threads."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.preprocess_pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> Encoder:
         return self
@@ -188,67 +192,84 @@ class Encoder:
         if not candidates:
             raise InvalidInput("rank needs at least one candidate")
         vectors = self.encode([query, *candidates])
-        cosines = vectors[1:] @ vectors[0]
-        logits = self.logit_scale * cosines.astype(np.float64)
-        scores = np.exp(logits - logits.max())
-        scores /= scores.sum()
-        order = np.argsort(-scores, kind="stable")
+        order, scores, cosines = clip_scores(vectors[0], vectors[1:], self.logit_scale)
         return [RankedMatch(int(i), float(scores[i]), float(cosines[i]), candidates[i]) for i in order]
+
+    # -- building blocks (shared with the server's dynamic batcher) ----------------------------------
+
+    def check_text(self, item: Item) -> str:
+        """The text of a text item, or :class:`InvalidInput` when it is too long."""
+        if len(item.value) > self.max_text_chars:
+            raise InvalidInput(
+                f"text of {len(item.value)} characters exceeds the limit of {self.max_text_chars}", item.index
+            )
+        return item.value
+
+    def prepare_image(self, item: Item) -> np.ndarray:
+        """Decode (or fetch) and preprocess one image item into float32 ``[3, H, W]``."""
+        if item.kind == "pixels":
+            return self._check_pixels(item)
+        source = (
+            fetch_url(item.value, item.index, self.allow_private_urls) if item.kind == "url" else item.value
+        )
+        image = decode_image(source, item.index, self.max_pixels)
+        try:
+            return self.image_preprocessor(image)
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(
+                f"cannot convert image of mode {image.mode} to RGB: {exc}", item.index
+            ) from exc
+
+    def embed_token_ids(self, ids: Sequence[list[int]]) -> np.ndarray:
+        """One model call on token id sequences (cut to the longest where exact) → normalised rows."""
+        width = max(len(seq) for seq in ids) if self.backend.text_dynamic_length else None
+        return _normalise(self.backend.encode_text(self.tokenizer.pad(list(ids), width)))
+
+    def embed_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """One model call on preprocessed images → normalised rows."""
+        return _normalise(self.backend.encode_image(np.stack(pixels)))
 
     # -- internals --------------------------------------------------------------------------------
 
     def _encode_items(self, items: list[Item], stop_on_error: bool) -> tuple[np.ndarray, list[InvalidInput]]:
         vectors = np.zeros((len(items), self.dim), dtype=np.float32)
         errors: list[InvalidInput] = []
-        texts = [row for row, item in enumerate(items) if item.modality == "text"]
-        images = [row for row, item in enumerate(items) if item.modality == "image"]
-        self._encode_texts(items, texts, vectors, errors)
+        self._encode_texts(
+            [(row, item) for row, item in enumerate(items) if item.modality == "text"], vectors, errors
+        )
         if errors and stop_on_error:
             return vectors, errors
-        self._encode_images(items, images, vectors, errors, stop_on_error)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, np.finfo(np.float32).tiny), errors
+        images = [(row, item) for row, item in enumerate(items) if item.modality == "image"]
+        self._encode_images(images, vectors, errors, stop_on_error)
+        return vectors, errors
 
     def _encode_texts(
-        self, items: list[Item], rows: list[int], out: np.ndarray, errors: list[InvalidInput]
+        self, texts: list[tuple[int, Item]], out: np.ndarray, errors: list[InvalidInput]
     ) -> None:
-        good = []
-        limit = self.max_text_chars
-        for row in rows:
-            length = len(items[row].value)
-            if length > limit:
-                errors.append(
-                    InvalidInput(
-                        f"text of {length} characters exceeds the limit of {limit}", items[row].index
-                    )
-                )
-            else:
-                good.append(row)
-        if not good:
-            return
-        token_ids = self.tokenizer.token_ids([items[row].value for row in good])
-        if self.backend.text_dynamic_length:
+        rows, values = [], []
+        for row, item in texts:
+            try:
+                values.append(self.check_text(item))
+                rows.append(row)
+            except InvalidInput as exc:
+                errors.append(exc)
+        token_ids = self.tokenizer.token_ids(values)
+        if self.backend.text_dynamic_length:  # similar lengths together: little padding, same vectors
             batches = by_cost([len(ids) for ids in token_ids], self.batch_size)
         else:
-            batches = (list(b) for b in chunks(range(len(good)), self.batch_size))
+            batches = chunks(range(len(rows)), self.batch_size)
         for batch in batches:
-            width = max(len(token_ids[p]) for p in batch) if self.backend.text_dynamic_length else None
-            tokens = self.tokenizer.pad([token_ids[p] for p in batch], width)
-            out[[good[p] for p in batch]] = self.backend.encode_text(tokens)
+            out[[rows[p] for p in batch]] = self.embed_token_ids([token_ids[p] for p in batch])
 
     def _encode_images(
-        self,
-        items: list[Item],
-        rows: list[int],
-        out: np.ndarray,
-        errors: list[InvalidInput],
-        stop_on_error: bool,
+        self, images: list[tuple[int, Item]], out: np.ndarray, errors: list[InvalidInput], stop_on_error: bool
     ) -> None:
-        for batch, prepared in prefetched(
-            chunks(rows, self.batch_size), lambda r: self._prepare_image(items[r]), self._pool
-        ):
+        def prepare(entry: tuple[int, Item]) -> np.ndarray:
+            return self.prepare_image(entry[1])
+
+        for batch, prepared in prefetched(chunks(images, self.batch_size), prepare, self.preprocess_pool):
             ok = []
-            for row, result in zip(batch, prepared, strict=True):
+            for (row, _), result in zip(batch, prepared, strict=True):
                 if isinstance(result, InvalidInput):
                     errors.append(result)
                 elif isinstance(result, Exception):
@@ -258,21 +279,7 @@ class Encoder:
             if errors and stop_on_error:
                 return
             if ok:
-                out[[row for row, _ in ok]] = self.backend.encode_image(
-                    np.stack([pixels for _, pixels in ok])
-                )
-
-    def _prepare_image(self, item: Item) -> np.ndarray:
-        if item.kind == "pixels":
-            return self._check_pixels(item)
-        source = fetch_url(item.value, item.index) if item.kind == "url" else item.value
-        image = decode_image(source, item.index, self.max_pixels)
-        try:
-            return self.image_preprocessor(image)
-        except (OSError, ValueError) as exc:
-            raise InvalidInput(
-                f"cannot convert image of mode {image.mode} to RGB: {exc}", item.index
-            ) from exc
+                out[[row for row, _ in ok]] = self.embed_pixels([pixels for _, pixels in ok])
 
     def _check_pixels(self, item: Item) -> np.ndarray:
         expected = (3, *self.spec.image_size)
@@ -286,6 +293,20 @@ class Encoder:
         if not np.isfinite(pixels).all():
             raise InvalidInput("preprocessed pixels contain NaN or infinity", item.index)
         return pixels
+
+
+def clip_scores(query: np.ndarray, candidates: np.ndarray, logit_scale: float):
+    """``(order best first, clip_score, cosine)``: softmax over candidates of ``logit_scale × cosine``."""
+    cosines = candidates @ query
+    logits = logit_scale * cosines.astype(np.float64)
+    scores = np.exp(logits - logits.max())
+    scores /= scores.sum()
+    return np.argsort(-scores, kind="stable"), scores, cosines
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32, copy=False)
 
 
 def _as_list(inputs: Any) -> list[Any]:

@@ -43,3 +43,15 @@ class DeviceUnavailable(ClipserveError, RuntimeError):
     """The requested device or execution provider is not present; never silently replaced."""
 
     http_status = 500
+
+
+class RequestTooLarge(ClipserveError):
+    """A request exceeds a size limit of the server (body bytes or items)."""
+
+    http_status = 413
+
+
+class Unauthorized(ClipserveError):
+    """The request lacks the server's API key."""
+
+    http_status = 401

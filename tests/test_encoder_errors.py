@@ -102,7 +102,13 @@ def test_url_inputs_when_allowed(photo_paths, random_model, cache_root, loopback
 
     base, files = loopback_files
     files["/cat.png"] = photo_paths[1].read_bytes()
-    encoder = Encoder(NAME, weights=random_model(NAME).checkpoint, cache_dir=cache_root, allow_url=True)
+    encoder = Encoder(
+        NAME,
+        weights=random_model(NAME).checkpoint,
+        cache_dir=cache_root,
+        allow_url=True,
+        allow_private_urls=True,
+    )
     from_url = encoder.encode([f"{base}/cat.png"])
     assert cosines(from_url, encoder.encode([photo_paths[1]]))[0] > 0.99999
     with pytest.raises(InvalidInput, match=r"item 1: cannot fetch .*404"):

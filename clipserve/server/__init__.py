@@ -1,0 +1,1 @@
+"""HTTP service: a thin FastAPI shell over one :class:`clipserve.encoder.Encoder`."""
