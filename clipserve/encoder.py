@@ -68,6 +68,8 @@ class Encoder:
             addresses (refused by default, also after DNS resolution and on redirects).
         max_pixels: images with more pixels are refused (decompression bombs).
         max_text_chars: longer texts are refused.
+        spin: let idle inference threads busy-wait between small text kernels (onnx): faster
+            offline, wasteful where other work shares the cores (the server turns it off).
     """
 
     def __init__(
@@ -84,12 +86,13 @@ class Encoder:
         allow_private_urls: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+        spin: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.spec = get_spec(model)
         self.backend = create_backend(
-            self.spec, backend, device, weights, precision, resolve_cache_dir(cache_dir)
+            self.spec, backend, device, weights, precision, resolve_cache_dir(cache_dir), spin
         )
         self.batch_size = batch_size
         self.allow_url = allow_url

@@ -13,8 +13,12 @@ NAME = "ViT-B-32::openai"
 def test_models_lists_the_table(capsys) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["name", "dim", "image", "backends", "licence"]
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    table, _, footer = out.partition("\n\n")
+    assert table.splitlines()[0].split() == ["name", "dim", "image", "backends", "licence"]
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+    assert footer.strip() == (
+        "precisions: onnx fp32 (cpu/cuda/tensorrt), int8 (cpu); torch fp32 (cpu/cuda), fp16 (cuda)"
+    )
     for arch, dim in CLIP_ONNX_TABLE.items():
         default = next(name for name in rows if name.startswith(f"{arch}::"))
         assert rows[default][1] == str(dim)

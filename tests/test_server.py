@@ -321,3 +321,86 @@ def test_back_pressure_answers_503_with_retry_after(onnx_dir) -> None:
             assert client.encode([str(i) for i in range(4)]).shape == (4, 512)
         thread.join(30)
         assert first["r"].status_code == 200
+
+
+def test_redirects_are_checked_like_the_first_address(monkeypatch, photo_paths) -> None:
+    """127.0.0.1 stands in for a public host; it redirects to 127.0.0.2, which must be refused."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from clipserve import fetch
+    from clipserve.errors import InvalidInput
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.2:{self.server.server_address[1]}/cat.png")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    original = fetch.refusal
+    monkeypatch.setattr(
+        fetch, "refusal", lambda address: None if address == "127.0.0.1" else original(address)
+    )
+    try:
+        with pytest.raises(
+            InvalidInput, match=r"refusing to fetch from 127\.0\.0\.2: 127\.0\.0\.2 is a loopback"
+        ):
+            fetch.fetch_url(f"http://127.0.0.1:{server.server_address[1]}/start", index=0)
+    finally:
+        server.shutdown()
+
+
+def test_sigterm_drains_in_flight_requests(onnx_dir, tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.server_helpers import free_port
+
+    port = free_port()
+    env = {**os.environ, "CLIPSERVE_MAX_WAIT_MS": "3000", "CLIPSERVE_MAX_BATCH_SIZE": "64"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clipserve.cli", "serve", "--weights", onnx_dir, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        result = {}
+        request = threading.Thread(
+            target=lambda: result.update(
+                r=httpx.post(f"{url}/encode", json={"inputs": [{"text": "in flight"}]}, timeout=30)
+            )
+        )
+        request.start()
+        time.sleep(1.0)  # the request now waits in the batcher (3 s window)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(httpx.TransportError):  # no new connections once draining
+            httpx.get(f"{url}/healthz", timeout=2)
+        request.join(30)
+        assert result["r"].status_code == 200
+        assert len(result["r"].json()["embeddings"][0]) == 512
+        # uvicorn re-raises the signal once it has drained, so the exit status says "ended by SIGTERM"
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert "Traceback" not in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()

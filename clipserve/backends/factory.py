@@ -31,8 +31,13 @@ def create_backend(
     weights: str | os.PathLike[str] | None,
     precision: str,
     cache: Path,
+    spin: bool = True,
 ) -> Backend:
-    """Build ``backend`` for ``spec`` on ``device``, locating (and for onnx, exporting) weights."""
+    """Build ``backend`` for ``spec`` on ``device``, locating (and for onnx, exporting) weights.
+
+    ``spin`` lets idle ONNX Runtime threads busy-wait between text kernels (faster offline text;
+    wasteful when other work, such as a server's request handling, shares the cores).
+    """
     if spec.unsupported_reason:
         raise UnsupportedModel(spec.unsupported_reason)
     if backend in PRECISION_DEVICES:
@@ -49,7 +54,7 @@ def create_backend(
     if backend == "onnx":
         from clipserve.backends.onnx import OnnxBackend
 
-        return OnnxBackend(spec, onnx_model_dir(spec, explicit, cache, precision), device, precision)
+        return OnnxBackend(spec, onnx_model_dir(spec, explicit, cache, precision), device, precision, spin)
     raise UnsupportedModel(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

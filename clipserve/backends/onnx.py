@@ -47,7 +47,12 @@ class OnnxBackend:
     """Runs an exported model directory; see :class:`clipserve.backends.base.Backend`."""
 
     def __init__(
-        self, spec: ModelSpec, model_dir: Path, device: str = "cpu", precision: str = "fp32"
+        self,
+        spec: ModelSpec,
+        model_dir: Path,
+        device: str = "cpu",
+        precision: str = "fp32",
+        spin: bool = True,
     ) -> None:
         providers = execution_providers(device)
         check_precision(precision, "onnx", device.split(":")[0])
@@ -63,9 +68,10 @@ class OnnxBackend:
         self.logit_scale = float(meta["logit_scale"])
         self.text_dynamic_length = bool(meta["text_dynamic_length"])
         # Image batches run while decoding threads share the cores: idle inference threads must not
-        # spin. Text batches run alone, where spinning saves the wake-up after each small kernel.
+        # spin. Text batches may run alone, where spinning saves the wake-up after each small kernel;
+        # ``spin=False`` (the server) leaves those cycles to request handling instead.
         self._image = self._session(model_dir / "image.onnx", providers, spin=False)
-        self._text = self._session(model_dir / "text.onnx", providers, spin=True)
+        self._text = self._session(model_dir / "text.onnx", providers, spin=spin)
         self.providers = self._image.get_providers()
         log.info("onnx backend: %s on %s with %s from %s", spec.name, device, self.providers, model_dir)
 

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from http import HTTPStatus
 
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -51,6 +52,7 @@ def build_encoder(settings: ServerSettings) -> Encoder:
         allow_private_urls=settings.allow_private_urls,
         max_pixels=settings.max_pixels,
         max_text_chars=settings.max_text_chars,
+        spin=False,  # request handling needs the cycles idle inference threads would burn
     )
 
 
@@ -127,7 +129,7 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
             np.save(buffer, vectors)
             headers = {"X-Clipserve-Model": encoder.spec.name, "X-Clipserve-Dim": str(encoder.dim)}
             return Response(buffer.getvalue(), media_type=NPY, headers=headers)
-        return JSONResponse({"model": encoder.spec.name, "dim": encoder.dim, "embeddings": vectors.tolist()})
+        return _json({"model": encoder.spec.name, "dim": encoder.dim, "embeddings": vectors})
 
     @app.post("/rank", dependencies=guarded, response_model=schemas.RankResponse)
     async def rank(body: schemas.RankRequest) -> schemas.RankResponse:
@@ -142,8 +144,8 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
         matches = [schemas.Match(index=int(i), clip_score=scores[i], cosine=cosines[i]) for i in order]
         return schemas.RankResponse(model=encoder.spec.name, matches=matches)
 
-    @app.post("/v1/embeddings", dependencies=guarded, response_model=schemas.EmbeddingsResponse)
-    async def embeddings(body: schemas.EmbeddingsRequest) -> schemas.EmbeddingsResponse:
+    @app.post("/v1/embeddings", dependencies=guarded, responses={200: {"model": schemas.EmbeddingsResponse}})
+    async def embeddings(body: schemas.EmbeddingsRequest) -> Response:
         """OpenAI-compatible embeddings; an input that is an image data URI is embedded as an image."""
         if body.model is not None and not service.serves(body.model):
             raise UnknownModel(
@@ -167,11 +169,14 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
         if body.encoding_format == "base64":
             data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
         else:
-            data = vectors.tolist()
-        return schemas.EmbeddingsResponse(
-            data=[schemas.Embedding(embedding=e, index=i) for i, e in enumerate(data)],
-            model=encoder.spec.name,
-            usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens),
+            data = list(vectors)
+        return _json(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(data)],
+                "model": encoder.spec.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
         )
 
     @app.get("/v1/models", dependencies=guarded)
@@ -198,6 +203,11 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _json(content: dict) -> Response:
+    """JSON with numpy arrays serialised natively (orjson): vectors are most of every answer."""
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def _error_response(

@@ -17,6 +17,8 @@ from clipserve.server.metrics import Metrics
 from clipserve.server.settings import ServerSettings
 from clipserve.zoo import get_spec
 
+INLINE_TEXT_CHARS = 2048
+
 
 class EncodingService:
     """Turns request inputs into vectors; concurrent requests share model calls per modality."""
@@ -82,8 +84,15 @@ class EncodingService:
         pool = self.encoder.preprocess_pool
         texts = [item for item in items if item.modality == "text"]
         images = [item for item in items if item.modality == "image"]
+        # A few short texts tokenise faster than a hop to a worker thread and back.
+        short = sum(len(item.value) for item in texts) <= INLINE_TEXT_CHARS
+        tokens = (
+            _run_inline(self._token_ids, texts)
+            if short
+            else loop.run_in_executor(pool, self._token_ids, texts)
+        )
         prepared = await asyncio.gather(
-            loop.run_in_executor(pool, self._token_ids, texts),
+            tokens,
             *(loop.run_in_executor(pool, self.encoder.prepare_image, item) for item in images),
             return_exceptions=True,
         )
@@ -120,3 +129,7 @@ class EncodingService:
 
 async def _nothing() -> list:
     return []
+
+
+async def _run_inline(function, *args):
+    return function(*args)
