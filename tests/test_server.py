@@ -404,3 +404,22 @@ def test_sigterm_drains_in_flight_requests(onnx_dir, tmp_path) -> None:
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+def test_grafana_dashboard_queries_only_metrics_the_server_exports(server) -> None:
+    import json
+    import re
+
+    from tests.conftest import REPO
+
+    url, _ = server
+    httpx.post(f"{url}/encode", json={"inputs": [{"text": "a"}]})
+    httpx.post(f"{url}/encode", json={"inputs": [{"image": "not base64!"}]})  # an error, so errors are counted
+    exported = {
+        s.name for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text) for s in f.samples
+    }
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "clipserve-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\b(clipserve_[a-z_]+)", e)}
+    assert len(used) >= 6
+    assert used <= exported, used - exported
