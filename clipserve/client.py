@@ -91,6 +91,19 @@ def _raise_for(response: httpx.Response, offset: int = 0) -> None:
     raise ServerError(response.status_code, body.get("error", ""), body.get("detail", ""), index)
 
 
+def _encode_body(inputs: Sequence[Any], start: int, batch_size: int) -> dict:
+    chunk = inputs[start : start + batch_size]
+    return {"inputs": [to_payload(x, start + i) for i, x in enumerate(chunk)]}
+
+
+def _rank_body(query: Any, candidates: Sequence[Any]) -> dict:
+    return {"query": to_payload(query, 0), "candidates": [to_payload(c, i) for i, c in enumerate(candidates)]}
+
+
+def _ranked(response: httpx.Response) -> list[Ranked]:
+    return [Ranked(m["index"], m["clip_score"], m["cosine"]) for m in response.json()["matches"]]
+
+
 def _retry_delay(response: httpx.Response | None, attempt: int, backoff_s: float) -> float:
     after = response.headers.get("Retry-After") if response is not None else None
     return max(float(after) if after and after.isdigit() else 0.0, backoff_s * 2**attempt)
@@ -140,21 +153,15 @@ class Client:
         parts = []
         with tqdm(total=len(inputs), unit="item", disable=not show_progress, desc="encoding") as bar:
             for start in range(0, len(inputs), batch_size):
-                chunk = inputs[start : start + batch_size]
-                body = {"inputs": [to_payload(x, start + i) for i, x in enumerate(chunk)]}
+                body = _encode_body(inputs, start, batch_size)
                 response = self._post("/encode", body, offset=start, headers={"Accept": NPY})
                 parts.append(np.load(io.BytesIO(response.content)))
-                bar.update(len(chunk))
+                bar.update(len(body["inputs"]))
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
     def rank(self, query: Any, candidates: Sequence[Any]) -> list[Ranked]:
         """Candidates sorted by ``clip_score`` (softmax of ``logit_scale × cosine``), best first."""
-        body = {
-            "query": to_payload(query, 0),
-            "candidates": [to_payload(c, i) for i, c in enumerate(candidates)],
-        }
-        matches = self._post("/rank", body).json()["matches"]
-        return [Ranked(m["index"], m["clip_score"], m["cosine"]) for m in matches]
+        return _ranked(self._post("/rank", _rank_body(query, candidates)))
 
 
 class AsyncClient:
@@ -206,10 +213,9 @@ class AsyncClient:
         bar = tqdm(total=len(inputs), unit="item", disable=not show_progress, desc="encoding")
 
         async def one(start: int) -> np.ndarray:
-            chunk = inputs[start : start + batch_size]
-            body = {"inputs": [to_payload(x, start + i) for i, x in enumerate(chunk)]}
+            body = _encode_body(inputs, start, batch_size)
             response = await self._post("/encode", body, offset=start, headers={"Accept": NPY})
-            bar.update(len(chunk))
+            bar.update(len(body["inputs"]))
             return np.load(io.BytesIO(response.content))
 
         with bar:
@@ -218,9 +224,4 @@ class AsyncClient:
 
     async def rank(self, query: Any, candidates: Sequence[Any]) -> list[Ranked]:
         """Candidates sorted by ``clip_score``, best first."""
-        body = {
-            "query": to_payload(query, 0),
-            "candidates": [to_payload(c, i) for i, c in enumerate(candidates)],
-        }
-        matches = (await self._post("/rank", body)).json()["matches"]
-        return [Ranked(m["index"], m["clip_score"], m["cosine"]) for m in matches]
+        return _ranked(await self._post("/rank", _rank_body(query, candidates)))

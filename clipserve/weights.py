@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 HUB_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 ONNX_MARKER = "clipserve.json"
+EXPORT_FORMAT = 2
+"""Bumped whenever exported graphs change (2: the text tower's last block runs at the end token only)."""
 DOWNLOAD_TIMEOUT_S = 60
 _SHA256_IN_URL = re.compile(r"/([0-9a-f]{64})/")
 
@@ -46,6 +48,11 @@ def offline() -> bool:
         os.environ.get(var, "").lower() in ("1", "true", "yes")
         for var in ("CLIPSERVE_OFFLINE", "HF_HUB_OFFLINE")
     )
+
+
+def is_current_export(path: Path) -> bool:
+    """True for an export directory written by this version's exporter (older cache entries are redone)."""
+    return is_onnx_dir(path) and read_export_meta(path).get("export_format") == EXPORT_FORMAT
 
 
 def is_onnx_dir(path: Path) -> bool:

@@ -414,7 +414,9 @@ def test_grafana_dashboard_queries_only_metrics_the_server_exports(server) -> No
 
     url, _ = server
     httpx.post(f"{url}/encode", json={"inputs": [{"text": "a"}]})
-    httpx.post(f"{url}/encode", json={"inputs": [{"image": "not base64!"}]})  # an error, so errors are counted
+    httpx.post(
+        f"{url}/encode", json={"inputs": [{"image": "not base64!"}]}
+    )  # an error, so errors are counted
     exported = {
         s.name for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text) for s in f.samples
     }

@@ -18,7 +18,7 @@ import torch
 
 from clipserve.backends.torch import ImageTower, TextTower, load_open_clip_model
 from clipserve.preprocess.text import ClipTokenizer
-from clipserve.weights import ONNX_MARKER
+from clipserve.weights import EXPORT_FORMAT, ONNX_MARKER
 from clipserve.zoo import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def export_onnx(spec: ModelSpec, checkpoint: Path, out_dir: Path) -> Path:
         "dim": spec.dim,
         "logit_scale": model.logit_scale.exp().item(),
         "text_dynamic_length": dynamic_length,
+        "export_format": EXPORT_FORMAT,
         "precision": "fp32",
         "source": str(checkpoint),
         "exporter": f"torch {torch.__version__}, opset {OPSET}",

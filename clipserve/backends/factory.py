@@ -13,7 +13,7 @@ from clipserve.weights import (
     explicit_weights,
     export_fingerprint,
     find_checkpoint,
-    is_onnx_dir,
+    is_current_export,
     onnx_cache,
     read_export_meta,
 )
@@ -77,12 +77,12 @@ def onnx_model_dir(spec: ModelSpec, explicit: Path | None, cache: Path, precisio
     else:
         source = checkpoint_fingerprint(explicit) if explicit is not None else spec.tag
         fp32_dir = onnx_cache(spec, cache, source, "fp32")
-        if not is_onnx_dir(fp32_dir):
+        if not is_current_export(fp32_dir):
             export_fp32(spec, explicit or find_checkpoint(spec, cache), fp32_dir)
         target = onnx_cache(spec, cache, source, precision)
     if precision == "fp32":
         return fp32_dir
-    if not is_onnx_dir(target):
+    if not is_current_export(target):
         from clipserve.backends.precision import derive_int8
 
         derive_int8(fp32_dir, target)

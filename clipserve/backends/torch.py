@@ -39,10 +39,11 @@ class ImageTower(nn.Module):
 class TextTower(nn.Module):
     """``tokens → text embedding`` (unnormalised).
 
-    With ``dynamic_length`` the causal transformer runs only over the given ``L`` columns (the zoo
-    marks the towers where this is exact: causal mask, end-token pooling, no padding mask);
-    otherwise the tokens must be padded to the full context length and open_clip's own
-    ``encode_text`` runs.
+    With ``dynamic_length`` (the zoo marks the towers where this is exact: causal mask, end-token
+    pooling, no padding mask) the transformer runs only over the given ``L`` columns, and its last
+    block only for the end token, the one position pooling keeps: its keys and values still come
+    from every position, so the vector is the full-length one. Otherwise the tokens must be padded
+    to the context length and open_clip's own ``encode_text`` runs.
     """
 
     def __init__(self, model: nn.Module, dynamic_length: bool) -> None:
@@ -58,11 +59,33 @@ class TextTower(nn.Module):
         length = tokens.shape[1]
         cast_dtype = tower.transformer.get_cast_dtype()
         x = tower.token_embedding(tokens).to(cast_dtype) + tower.positional_embedding[:length].to(cast_dtype)
-        x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+        *blocks, last = tower.transformer.resblocks
+        causal = tower.attn_mask[:length, :length]
+        for block in blocks:
+            x = block(x, attn_mask=causal)
+        rows = torch.arange(x.shape[0], device=x.device)
+        end = tokens.argmax(dim=-1)  # the end token has the highest id
+        x = self._end_token_block(last, x, rows, end)
         x = tower.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
         projection = tower.text_projection
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+    @staticmethod
+    def _end_token_block(
+        block: nn.Module, x: torch.Tensor, rows: torch.Tensor, end: torch.Tensor
+    ) -> torch.Tensor:
+        """``block`` (an open_clip ResidualAttentionBlock) evaluated at the end-token position only."""
+        normed = block.ln_1(x)
+        query = normed[rows, end].unsqueeze(1)
+        after_end = torch.arange(x.shape[1], device=x.device).unsqueeze(0) > end.unsqueeze(1)
+        mask = torch.zeros(after_end.shape, dtype=x.dtype, device=x.device).masked_fill(
+            after_end, float("-inf")
+        )
+        mask = mask.unsqueeze(1).repeat_interleave(block.attn.num_heads, dim=0)
+        attended = block.attn(query, normed, normed, need_weights=False, attn_mask=mask)[0]
+        y = x[rows, end].unsqueeze(1) + block.ls_1(attended)
+        y = y + block.ls_2(block.mlp(block.ln_2(y)))
+        return y.squeeze(1)
 
 
 def resolve_device(device: str) -> torch.device:
