@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from clipserve.backends.base import PRECISION_DEVICES, PRECISIONS
 from clipserve.errors import ClipserveError
 from clipserve.preprocess.image import is_image_path
+from clipserve.server.settings import HELP as SETTINGS_HELP
 from clipserve.server.settings import ServerSettings, load_settings
 from clipserve.zoo import DEFAULT_MODEL, list_models
 
@@ -71,11 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for setting in fields(ServerSettings):
         flag = "--" + setting.name.replace("_", "-")
+        described = {"help": f"{SETTINGS_HELP[setting.name]} (default: {setting.default})"}
         if setting.type in ("bool", bool):
-            serve.add_argument(flag, action="store_true", default=None)
+            serve.add_argument(flag, action="store_true", default=None, **described)
         else:
             kind = {"int": int, "float": float, "int | None": int}.get(str(setting.type), str)
-            serve.add_argument(flag, type=kind, default=None)
+            serve.add_argument(flag, type=kind, default=None, **described)
     return parser
 
 

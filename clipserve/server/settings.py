@@ -45,6 +45,31 @@ class ServerSettings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+HELP = {
+    "model": "zoo name ARCH::TAG",
+    "backend": "onnx or torch",
+    "device": "cpu, cuda[:N] or tensorrt[:N]; a missing one is an error",
+    "precision": "fp32; int8 (onnx, cpu); fp16 (torch, cuda)",
+    "weights": "checkpoint file or exported ONNX directory",
+    "cache_dir": "download and export cache",
+    "host": "address to bind (loopback by default)",
+    "port": "port to bind",
+    "api_key": "require 'Authorization: Bearer KEY' (all routes but /healthz and the docs)",
+    "allow_url": "accept http(s) image URLs (public addresses only)",
+    "allow_private_urls": "also fetch from loopback/private/link-local addresses (trusted networks only)",
+    "max_batch_size": "most items merged into one model call",
+    "max_wait_ms": "longest wait for more items before a batch runs",
+    "max_queue": "most items waiting for a batch; beyond it 503 + Retry-After",
+    "max_body_mb": "largest request body (413 beyond)",
+    "max_items": "most items in one request (413 beyond)",
+    "max_pixels": "largest image in pixels (422 beyond)",
+    "max_text_chars": "longest text in characters (422 beyond)",
+    "num_workers": "image decoding threads (default: CPU count)",
+    "ssl_certfile": "TLS certificate (PEM) to serve HTTPS",
+    "ssl_keyfile": "TLS private key (PEM)",
+}
+
+
 def _convert(value: str, default: Any, name: str) -> Any:
     kind = type(default) if default is not None else str
     if name == "num_workers":
