@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +19,6 @@ from clipserve.preprocess.image import DEFAULT_MAX_PIXELS, ImagePreprocessor, de
 from clipserve.preprocess.text import ClipTokenizer
 from clipserve.weights import cache_dir as resolve_cache_dir
 from clipserve.zoo import DEFAULT_MODEL, get_spec
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TEXT_CHARS = 65_536
 
