@@ -20,7 +20,6 @@ and prints markdown tables with the ratio to open_clip, and the issue's targets 
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import io
 import json
@@ -39,13 +38,13 @@ import onnxruntime
 import open_clip
 import torch
 import transformers
+from photos import jpeg_photos
 from PIL import Image
 
 from clipserve.encoder import Encoder
 from clipserve.preprocess.text import END_TOKEN, START_TOKEN, clip_vocab
 from clipserve.zoo import ModelSpec, get_spec
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 CAPTION_WORDS = """a photo of the small large red blue green old young man woman child dog cat bird horse car
 bike street city park beach mountain river table kitchen sitting standing running holding next to near on in
 with under over wooden white black two three people group playing walking field snow sunset""".split()
@@ -111,17 +110,6 @@ def throughput(encode: Callable[[list], np.ndarray], inputs: list, batch: int, p
         "p95": np.percentile(ms, 95),
         "p99": np.percentile(ms, 99),
     }
-
-
-def jpeg_inputs(count: int) -> list[bytes]:
-    with open(PHOTOS / "labels.csv") as f:
-        files = [PHOTOS / row["file"] for row in csv.DictReader(f)]
-    jpegs = []
-    for path in files:
-        buf = io.BytesIO()
-        Image.open(path).convert("RGB").save(buf, format="JPEG", quality=90)
-        jpegs.append(buf.getvalue())
-    return [jpegs[i % len(jpegs)] for i in range(count)]
 
 
 def captions(count: int, low: int, high: int, seed: int) -> list[str]:
@@ -260,7 +248,7 @@ def make_pipelines(spec: ModelSpec, workdir: Path, batch: int) -> list[Pipeline]
 def model_only(spec: ModelSpec, workdir: Path, precision: str, batch: int) -> float:
     """ONNX image tower alone on preprocessed pixels, images/s (for the end-to-end ratio)."""
     encoder = Encoder(spec.name, weights=workdir / f"{spec.arch}.pt", cache_dir=workdir, precision=precision)
-    pixels = np.stack([encoder.image_preprocessor(Image.open(io.BytesIO(b))) for b in jpeg_inputs(batch)])
+    pixels = np.stack([encoder.image_preprocessor(Image.open(io.BytesIO(b))) for b in jpeg_photos(batch)])
     encoder.backend.encode_image(pixels)
     start, rounds = time.perf_counter(), 4
     for _ in range(rounds):
@@ -270,8 +258,8 @@ def model_only(spec: ModelSpec, workdir: Path, precision: str, batch: int) -> fl
 
 
 def run_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) -> list[Pipeline]:
-    images = jpeg_inputs(args.images)
-    photos = jpeg_inputs(10)  # each shared photo once, for accuracy
+    images = jpeg_photos(args.images)
+    photos = jpeg_photos(10)  # each shared photo once, for accuracy
     short, long = captions(args.texts, 3, 20, seed=1), captions(args.long_texts, 70, 120, seed=2)
     pipelines = make_pipelines(spec, workdir, args.batch_size)
     vectors: dict[str, dict[str, np.ndarray]] = {}

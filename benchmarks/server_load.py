@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import csv
-import io
 import json
 import os
 import platform
@@ -33,24 +31,12 @@ import numpy as np
 import open_clip
 import torch
 import uvloop
-from PIL import Image
+from photos import jpeg_photos
 from prometheus_client.parser import text_string_to_metric_families
 
 from clipserve.encoder import Encoder
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 MODEL = "ViT-B-32::openai"
-
-
-def jpegs() -> list[bytes]:
-    with open(PHOTOS / "labels.csv") as f:
-        files = [PHOTOS / row["file"] for row in csv.DictReader(f)]
-    out = []
-    for path in files:
-        buffer = io.BytesIO()
-        Image.open(path).convert("RGB").save(buffer, format="JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
 
 
 def free_port() -> int:
@@ -129,7 +115,7 @@ def main() -> None:
     torch.save(model.state_dict(), workdir / "vit-b-32.pt")
     encoder = Encoder(MODEL, weights=workdir / "vit-b-32.pt", cache_dir=workdir, precision=args.precision)
     onnx_dir = encoder.info()["weights"]
-    images = jpegs()
+    images = jpeg_photos()
     texts = [f"a photo of a {w} number {i}" for i, w in enumerate(["cat", "dog", "rocket", "horse"] * 100)]
 
     offline = {}

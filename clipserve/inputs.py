@@ -94,7 +94,7 @@ def decode_data_uri(uri: str, index: int | None = None) -> bytes:
         raise InvalidInput(f"data URI of type {media_type!r} is not an image", index)
     if header.endswith(";base64"):
         try:
-            return base64.b64decode(payload, validate=True)
+            return base64.b64decode("".join(payload.split()), validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput(f"data URI has invalid base64: {exc}", index) from exc
     return urllib.parse.unquote_to_bytes(payload)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import textwrap
 import threading
 import time
 
@@ -61,6 +62,9 @@ def test_encode_json_npy_and_client_match_offline(server, photo_paths, encoder_f
     as_npy = httpx.post(f"{url}/encode", json=body, headers={"Accept": "application/x-npy"})
     assert as_npy.headers["content-type"] == "application/x-npy"
     assert cosines(np.load(io.BytesIO(as_npy.content)), offline).min() > 0.99999
+    wrapped = "\n".join(textwrap.wrap(b64(photo_paths[0].read_bytes()), 76))  # as `base64` prints it
+    from_wrapped = httpx.post(f"{url}/encode", json={"inputs": [{"image": wrapped}]}).json()["embeddings"]
+    assert cosines(np.asarray(from_wrapped, np.float32), offline[1:2])[0] > 0.99999
     with Client(url) as client:
         vectors = client.encode(
             ["a photo of a cat", str(photo_paths[0]), photo_paths[1].read_bytes()], batch_size=2

@@ -69,7 +69,8 @@ class EncodingService:
                 )
             return Item(index, "image", "url", value)
         try:
-            return Item(index, "image", "bytes", base64.b64decode(value, validate=True))
+            # whitespace is allowed: `base64` wraps its output at 76 columns by default
+            return Item(index, "image", "bytes", base64.b64decode("".join(value.split()), validate=True))
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput(f"image is neither a data URI, a URL nor valid base64: {exc}", index) from exc
 
