@@ -197,13 +197,22 @@ class Encoder:
 
     # -- building blocks (shared with the server's dynamic batcher) ----------------------------------
 
-    def check_text(self, item: Item) -> str:
-        """The text of a text item, or :class:`InvalidInput` when it is too long."""
-        if len(item.value) > self.max_text_chars:
-            raise InvalidInput(
-                f"text of {len(item.value)} characters exceeds the limit of {self.max_text_chars}", item.index
-            )
-        return item.value
+    def tokenize(self, texts: Sequence[Item]) -> tuple[list[list[int]], list[int], list[InvalidInput]]:
+        """Token ids of the text items within the length limit, their positions in ``texts``, and
+        an :class:`InvalidInput` for each item over it."""
+        kept, values, errors = [], [], []
+        for position, item in enumerate(texts):
+            if len(item.value) > self.max_text_chars:
+                errors.append(
+                    InvalidInput(
+                        f"text of {len(item.value)} characters exceeds the limit of {self.max_text_chars}",
+                        item.index,
+                    )
+                )
+            else:
+                kept.append(position)
+                values.append(item.value)
+        return self.tokenizer.token_ids(values), kept, errors
 
     def prepare_image(self, item: Item) -> np.ndarray:
         """Decode (or fetch) and preprocess one image item into float32 ``[3, H, W]``."""
@@ -246,14 +255,9 @@ class Encoder:
     def _encode_texts(
         self, texts: list[tuple[int, Item]], out: np.ndarray, errors: list[InvalidInput]
     ) -> None:
-        rows, values = [], []
-        for row, item in texts:
-            try:
-                values.append(self.check_text(item))
-                rows.append(row)
-            except InvalidInput as exc:
-                errors.append(exc)
-        token_ids = self.tokenizer.token_ids(values)
+        token_ids, kept, failed = self.tokenize([item for _, item in texts])
+        errors.extend(failed)
+        rows = [texts[position][0] for position in kept]
         if self.backend.text_dynamic_length:  # similar lengths together: little padding, same vectors
             batches = by_cost([len(ids) for ids in token_ids], self.batch_size)
         else:

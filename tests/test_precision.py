@@ -86,3 +86,22 @@ def test_wrong_precision_for_backend_or_device(random_model, cache_root) -> None
 
     with pytest.raises(WeightsUnavailable, match="holds a fp32 export, not int8"):
         OnnxBackend(get_spec(name), fp32_dir, precision="int8")
+
+
+def test_int8_from_an_older_format_export_dir_is_derived_once(tmp_path, encoder_for, monkeypatch) -> None:
+    import shutil
+
+    from clipserve.encoder import Encoder
+
+    old = tmp_path / "old-export"
+    shutil.copytree(encoder_for("ViT-B-32::openai", "onnx").info()["weights"], old)
+    meta = json.loads((old / "clipserve.json").read_text())
+    (old / "clipserve.json").write_text(json.dumps({**meta, "export_format": 1}))
+    first = Encoder("ViT-B-32::openai", weights=old, cache_dir=tmp_path / "cache", precision="int8")
+
+    def no_quantising(*args, **kwargs):
+        raise AssertionError("quantised again instead of reusing the cache")
+
+    monkeypatch.setattr("clipserve.backends.precision.derive_int8", no_quantising)
+    second = Encoder("ViT-B-32::openai", weights=old, cache_dir=tmp_path / "cache", precision="int8")
+    assert second.info()["weights"] == first.info()["weights"]

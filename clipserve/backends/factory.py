@@ -14,6 +14,7 @@ from clipserve.weights import (
     export_fingerprint,
     find_checkpoint,
     is_current_export,
+    is_onnx_dir,
     onnx_cache,
     read_export_meta,
 )
@@ -82,11 +83,18 @@ def onnx_model_dir(spec: ModelSpec, explicit: Path | None, cache: Path, precisio
         target = onnx_cache(spec, cache, source, precision)
     if precision == "fp32":
         return fp32_dir
-    if not is_current_export(target):
+    if not _derived_from_current(target, fp32_dir):
         from clipserve.backends.precision import derive_int8
 
         derive_int8(fp32_dir, target)
     return target
+
+
+def _derived_from_current(target: Path, fp32_dir: Path) -> bool:
+    """True when ``target`` was derived from ``fp32_dir`` as it is now (same export format)."""
+    return is_onnx_dir(target) and (
+        read_export_meta(target).get("export_format") == read_export_meta(fp32_dir).get("export_format")
+    )
 
 
 def export_fp32(spec: ModelSpec, checkpoint: Path, target: Path) -> Path:

@@ -78,9 +78,9 @@ class EncodingService:
         """Vectors for ``items`` in order, and the number of text tokens they used.
 
         Raises the :class:`InvalidInput` of the lowest-indexed bad item; nothing of a request with a
-        bad item reaches the model.
+        bad item reaches the model. Callers check the item count (:meth:`check_count`) before
+        building items, so an oversized request costs no decoding.
         """
-        self.check_count(len(items))
         loop = asyncio.get_running_loop()
         pool = self.encoder.preprocess_pool
         texts = [item for item in items if item.modality == "text"]
@@ -116,16 +116,10 @@ class EncodingService:
         return vectors, sum(len(ids) for ids in token_ids)
 
     def _token_ids(self, texts: list[Item]) -> list[list[int]]:
-        errors = []
-        values = []
-        for item in texts:
-            try:
-                values.append(self.encoder.check_text(item))
-            except InvalidInput as exc:
-                errors.append(exc)
+        token_ids, _, errors = self.encoder.tokenize(texts)
         if errors:
             raise errors[0]
-        return self.encoder.tokenizer.token_ids(values)
+        return token_ids
 
 
 async def _nothing() -> list:
