@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
+from clipserve.errors import Overloaded
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -68,18 +70,14 @@ def _outcome(future: Future[R]) -> R | Exception:
     return exc if exc is not None else future.result()
 
 
-class QueueFull(Exception):
-    """The dynamic batcher holds its maximum of waiting items; the caller should retry later."""
-
-
 class DynamicBatcher:
     """Merges items submitted by concurrent callers into batches for one model call.
 
     One asyncio task forms batches: it takes the oldest waiting item, then waits up to
     ``max_wait_ms`` for more, up to ``max_batch_size``, and runs ``run`` on them in ``executor``
     (one inference thread). ``run`` gets the items in submission order and returns one row a item.
-    At most ``max_queue`` items wait; beyond that :meth:`submit` raises :class:`QueueFull` at once
-    instead of letting the queue grow without limit.
+    At most ``max_queue`` items wait; beyond that :meth:`submit` raises
+    :class:`~clipserve.errors.Overloaded` at once instead of letting the queue grow without limit.
     """
 
     def __init__(
@@ -105,7 +103,9 @@ class DynamicBatcher:
     async def submit(self, items: Sequence[T]) -> list[Any]:
         """Queue ``items`` (all or none) and return their rows, in order, once their batches ran."""
         if self.depth + len(items) > self.max_queue:
-            raise QueueFull(f"{self.depth} items are waiting (limit {self.max_queue})")
+            raise Overloaded(
+                f"server busy: {self.depth} items are waiting (limit {self.max_queue}); retry later"
+            )
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop())
         loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
-"""``clipserve`` command line: ``models``, ``export`` and ``encode``.
+"""``clipserve`` command line: ``models``, ``export``, ``encode``, ``serve`` and ``cache``.
 
-Every option can also come from a ``CLIPSERVE_<NAME>`` environment variable (e.g.
-``CLIPSERVE_MODEL``, ``CLIPSERVE_BACKEND``); a flag on the command line wins.
+The flags of ``encode`` and ``serve`` come from the settings declaration (:mod:`clipserve.settings`);
+every one can also be a ``CLIPSERVE_<NAME>`` environment variable, and a flag wins over it.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -18,66 +17,82 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from clipserve.backends.base import PRECISION_DEVICES, PRECISIONS
+from clipserve import settings as config
+from clipserve.backends.base import PRECISION_DEVICES
 from clipserve.errors import ClipserveError
 from clipserve.preprocess.image import is_image_path
-from clipserve.server.settings import HELP as SETTINGS_HELP
-from clipserve.server.settings import ServerSettings, load_settings
-from clipserve.zoo import DEFAULT_MODEL, list_models
+from clipserve.settings import EngineSettings, ServerSettings
+from clipserve.zoo import list_models
 
 CHUNK_BATCHES = 8
 GRACEFUL_SHUTDOWN_S = 30
 
 
-def _env(name: str, default: str | None) -> str | None:
-    return os.environ.get(f"CLIPSERVE_{name.upper()}", default)
+def add_setting_flags(
+    parser: argparse.ArgumentParser, kind: type[EngineSettings], only: Sequence[str] | None = None
+) -> None:
+    """One flag per setting of ``kind`` (``--max-pixels``…); not given means ``None``."""
+    for f in fields(kind):
+        if not f.metadata["flag"] or (only is not None and f.name not in only):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        described = {
+            "help": f"{f.metadata['help']} (default: {f.default}; ${config.ENV_PREFIX}{f.name.upper()})"
+        }
+        value_type = config.value_type(kind, f.name)
+        if value_type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, **described)
+        else:
+            parser.add_argument(flag, type=value_type, default=None, **described)
 
 
-def _add_engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=_env("model", DEFAULT_MODEL), help="zoo name ARCH::TAG")
-    parser.add_argument("--weights", default=_env("weights", None), help="checkpoint file or ONNX export dir")
-    parser.add_argument("--cache-dir", default=_env("cache", None), help="download/export cache")
+def given_settings(args: argparse.Namespace, kind: type[EngineSettings]) -> dict:
+    """The setting flags present in ``args`` (``None`` for those not given)."""
+    return {f.name: getattr(args, f.name) for f in fields(kind) if hasattr(args, f.name)}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipserve", description=__doc__.splitlines()[0])
+    # No abbreviations: `--api-key` must not silently mean `--api-key-file`.
+    parser = argparse.ArgumentParser(
+        prog="clipserve", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what runs (INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    models = commands.add_parser("models", help="list the model zoo")
+    models = commands.add_parser("models", allow_abbrev=False, help="list the model zoo")
     models.add_argument("--all", action="store_true", help="include models this release cannot run")
 
-    export = commands.add_parser("export", help="export a checkpoint to ONNX (needs the torch extra)")
-    _add_engine_options(export)
-    export.add_argument("--output", type=Path, help="directory to write (default: the cache)")
-    export.add_argument(
-        "--precision", default=_env("precision", "fp32"), choices=tuple(PRECISION_DEVICES["onnx"])
+    export = commands.add_parser(
+        "export", allow_abbrev=False, help="export a checkpoint to ONNX (needs the torch extra)"
     )
+    add_setting_flags(export, EngineSettings, only=("model", "weights", "cache_dir"))
+    export.add_argument("--output", type=Path, help="directory to write (default: the cache)")
+    export.add_argument("--precision", default=None, choices=tuple(PRECISION_DEVICES["onnx"]))
 
-    encode = commands.add_parser("encode", help="embed image files/folders and texts")
-    _add_engine_options(encode)
+    encode = commands.add_parser("encode", allow_abbrev=False, help="embed image files/folders and texts")
     encode.add_argument("paths", nargs="*", type=Path, help="image files or folders (searched recursively)")
     encode.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
     encode.add_argument(
         "--output", "-o", type=Path, required=True, help="out.npy (+ out.ids.json) or out.parquet"
     )
-    encode.add_argument("--backend", default=_env("backend", "onnx"), choices=("onnx", "torch"))
-    encode.add_argument("--device", default=_env("device", "cpu"))
-    encode.add_argument("--precision", default=_env("precision", "fp32"), choices=PRECISIONS)
-    encode.add_argument("--batch-size", type=int, default=int(_env("batch_size", "32")))
-    encode.add_argument("--num-workers", type=int, default=None)
-    serve = commands.add_parser("serve", help="run the HTTP server (needs the server extra)")
-    serve.add_argument(
-        "--config", type=Path, help="YAML file of settings (flags and CLIPSERVE_* win over it)"
+    add_setting_flags(encode, EngineSettings)
+
+    serve = commands.add_parser(
+        "serve", allow_abbrev=False, help="run the HTTP server (needs the server extra)"
     )
-    for setting in fields(ServerSettings):
-        flag = "--" + setting.name.replace("_", "-")
-        described = {"help": f"{SETTINGS_HELP[setting.name]} (default: {setting.default})"}
-        if setting.type in ("bool", bool):
-            serve.add_argument(flag, action="store_true", default=None, **described)
-        else:
-            kind = {"int": int, "float": float, "int | None": int}.get(str(setting.type), str)
-            serve.add_argument(flag, type=kind, default=None, **described)
+    serve.add_argument("--config", type=Path, help="YAML file of settings (variables and flags win over it)")
+    add_setting_flags(serve, ServerSettings)
+
+    cache = commands.add_parser(
+        "cache", allow_abbrev=False, help="list or prune the download and export cache"
+    )
+    cache.add_argument("action", choices=("list", "prune"))
+    add_setting_flags(cache, EngineSettings, only=("cache_dir",))
+    cache.add_argument(
+        "--max-gb", type=float, help="prune: keep at most this many GB (least recently used go)"
+    )
+    cache.add_argument("--older-than-days", type=float, help="prune: remove entries unused this long")
+    cache.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
     return parser
 
 
@@ -86,10 +101,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+    commands = {
+        "models": cmd_models,
+        "export": cmd_export,
+        "encode": cmd_encode,
+        "serve": cmd_serve,
+        "cache": cmd_cache,
+    }
     try:
-        commands = {"models": cmd_models, "export": cmd_export, "encode": cmd_encode, "serve": cmd_serve}
         return commands[args.command](args)
-    except ClipserveError as exc:
+    except (ClipserveError, ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -123,13 +144,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from clipserve.weights import cache_dir, explicit_weights, find_checkpoint
     from clipserve.zoo import get_spec
 
-    spec = get_spec(args.model)
-    cache = cache_dir(args.cache_dir)
-    explicit = explicit_weights(spec, args.weights) if args.weights else None
+    settings = config.resolve(EngineSettings, **given_settings(args, EngineSettings))
+    spec = get_spec(settings.model)
+    cache = cache_dir(settings.cache_dir)
+    explicit = explicit_weights(spec, settings.weights) if settings.weights else None
     if args.output is None:
-        print(onnx_model_dir(spec, explicit, cache, args.precision))
+        print(onnx_model_dir(spec, explicit, cache, settings.precision))
         return 0
-    if args.precision == "fp32":
+    if settings.precision == "fp32":
         print(export_onnx(spec, explicit or find_checkpoint(spec, cache), args.output))
     else:
         print(derive_int8(onnx_model_dir(spec, explicit, cache), args.output))
@@ -139,10 +161,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from clipserve.resources import limit_malloc_arenas
     from clipserve.server.app import create_app
 
-    flags = {f.name: getattr(args, f.name) for f in fields(ServerSettings)}
-    settings = load_settings(args.config, **flags)
+    limit_malloc_arenas()  # before the model and the server start their threads
+
+    settings = config.resolve(ServerSettings, args.config, **given_settings(args, ServerSettings))
     app = create_app(settings)  # loads the model now: a bad model or weights fails before binding
     uvicorn.run(
         app,
@@ -154,6 +178,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level="info" if args.verbose else "warning",
     )
     return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from clipserve.cache import entries, prune
+    from clipserve.weights import cache_dir
+
+    root = cache_dir(config.resolve(EngineSettings, **given_settings(args, EngineSettings)).cache_dir)
+    if args.action == "list":
+        listed = entries(root)
+        for entry in listed:
+            print(f"{entry.size / 1e6:10.1f} MB  {_age(entry.last_used):>10}  {entry.kind:<10}  {entry.path}")
+        print(f"{sum(e.size for e in listed) / 1e6:10.1f} MB in {len(listed)} entries under {root}")
+        return 0
+    max_bytes = int(args.max_gb * 1024**3) if args.max_gb is not None else None
+    older = args.older_than_days * 86400 if args.older_than_days is not None else None
+    removed = prune(root, max_bytes, older, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for entry in removed:
+        print(f"{verb} {entry.path} ({entry.size / 1e6:.1f} MB)")
+    print(f"{verb} {len(removed)} entries, {sum(e.size for e in removed) / 1e6:.1f} MB")
+    return 0
+
+
+def _age(timestamp: float) -> str:
+    import time
+
+    days = (time.time() - timestamp) / 86400
+    return f"{days:.1f} d ago" if days >= 1 else f"{days * 24:.1f} h ago"
 
 
 def collect_images(paths: Sequence[Path]) -> list[Path]:
@@ -174,20 +226,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if not images and not args.text:
         print("error: nothing to encode: give image paths/folders or --text", file=sys.stderr)
         return 2
-    encoder = Encoder(
-        args.model,
-        backend=args.backend,
-        device=args.device,
-        weights=args.weights,
-        precision=args.precision,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        cache_dir=args.cache_dir,
-    )
+    settings = config.resolve(EngineSettings, **given_settings(args, EngineSettings))
+    encoder = Encoder(settings=settings)
     vectors = [encoder.encode_text(args.text)] if args.text else []
     kept = [f"text:{t}" for t in args.text]
     skipped: list[tuple[Path, str]] = []
-    chunk = args.batch_size * CHUNK_BATCHES
+    chunk = settings.batch_size * CHUNK_BATCHES
     with encoder, tqdm(total=len(images), unit="image", desc="encoding", disable=not images) as bar:
         for start in range(0, len(images), chunk):
             part = images[start : start + chunk]

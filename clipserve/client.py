@@ -11,22 +11,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from clipserve.errors import ClipserveError, InvalidInput
+from clipserve.inputs import to_item
+from clipserve.preprocess.image import decode_image
 
 NPY = "application/x-npy"
 RETRY_STATUSES = frozenset({502, 503, 504})
+DEFAULT_REQUEST_MB = 8.0
 
 
 class ServerError(ClipserveError):
@@ -47,35 +48,40 @@ class Ranked:
 
 
 def to_payload(value: Any, index: int) -> dict[str, str]:
-    """One input as the server's ``{"text": ...}`` or ``{"image": base64 | data URI | URL}``."""
-    if isinstance(value, str):
-        if value.startswith(("data:", "http://", "https://")):
-            return {"image": value}
-        if _names_file(value):
-            return {"image": base64.b64encode(Path(value).read_bytes()).decode()}
-        return {"text": value}
-    if isinstance(value, os.PathLike):
-        return {"image": base64.b64encode(Path(value).read_bytes()).decode()}
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"image": base64.b64encode(bytes(value)).decode()}
-    if isinstance(value, np.ndarray):
-        if value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] != 3:
-            raise InvalidInput(
-                f"only uint8 [H, W, 3] arrays are sent, got {value.dtype} {list(value.shape)}", index
-            )
-        value = Image.fromarray(value)
-    if isinstance(value, Image.Image):
+    """One input as the server's ``{"text": ...}``, ``{"image": ...}`` or ``{"audio": ...}``, its
+    modality detected by the same rules as :meth:`clipserve.Encoder.encode` (http(s) strings are
+    sent as URLs for the server to fetch, when it allows that)."""
+    item = to_item(index, value, allow_url=True)
+    if item.kind in ("text", "url", "data_uri"):
+        return {item.modality: item.value}
+    if item.kind == "path":
+        return {item.modality: base64.b64encode(Path(item.value).read_bytes()).decode()}
+    if item.kind == "bytes":
+        return {item.modality: base64.b64encode(item.value).decode()}
+    if item.kind in ("pil", "array"):
+        image = item.value if item.kind == "pil" else decode_image(item.value, index)
         buffer = io.BytesIO()
-        value.save(buffer, format="PNG")
+        image.save(buffer, format="PNG")
         return {"image": base64.b64encode(buffer.getvalue()).decode()}
-    raise InvalidInput(f"unsupported input type {type(value).__name__}", index)
+    raise InvalidInput(f"{item.kind} inputs cannot be sent to a server; send the image itself", index)
 
 
-def _names_file(value: str) -> bool:
-    try:
-        return len(value) < 4096 and "\n" not in value and Path(value).is_file()
-    except (OSError, ValueError):
-        return False
+def batched_bodies(
+    inputs: Sequence[Any], max_items: int, max_bytes: int
+) -> Iterator[tuple[int, dict[str, list[dict[str, str]]]]]:
+    """``(start, {"inputs": [...]})`` request bodies of at most ``max_items`` inputs and about
+    ``max_bytes`` (one larger input goes alone); inputs are read only as their batch is built."""
+    start, size, payloads = 0, 0, []
+    for index, value in enumerate(inputs):
+        payload = to_payload(value, index)
+        cost = sum(len(v) for v in payload.values()) + 16
+        if payloads and (len(payloads) >= max_items or size + cost > max_bytes):
+            yield start, {"inputs": payloads}
+            start, size, payloads = index, 0, []
+        payloads.append(payload)
+        size += cost
+    if payloads:
+        yield start, {"inputs": payloads}
 
 
 def _raise_for(response: httpx.Response, offset: int = 0) -> None:
@@ -89,11 +95,6 @@ def _raise_for(response: httpx.Response, offset: int = 0) -> None:
     if index is not None:
         index += offset
     raise ServerError(response.status_code, body.get("error", ""), body.get("detail", ""), index)
-
-
-def _encode_body(inputs: Sequence[Any], start: int, batch_size: int) -> dict:
-    chunk = inputs[start : start + batch_size]
-    return {"inputs": [to_payload(x, start + i) for i, x in enumerate(chunk)]}
 
 
 def _rank_body(query: Any, candidates: Sequence[Any]) -> dict:
@@ -148,12 +149,20 @@ class Client:
         _raise_for(response, offset)
         return response
 
-    def encode(self, inputs: Sequence[Any], batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
-        """float32 ``[len(inputs), dim]``, L2-normalised, in input order."""
+    def encode(
+        self,
+        inputs: Sequence[Any],
+        batch_size: int = 32,
+        show_progress: bool = False,
+        max_request_mb: float = DEFAULT_REQUEST_MB,
+    ) -> np.ndarray:
+        """float32 ``[len(inputs), dim]``, L2-normalised, in input order.
+
+        Inputs go in requests of at most ``batch_size`` items and about ``max_request_mb``
+        (below the server's body limit, 16 MB by default)."""
         parts = []
         with tqdm(total=len(inputs), unit="item", disable=not show_progress, desc="encoding") as bar:
-            for start in range(0, len(inputs), batch_size):
-                body = _encode_body(inputs, start, batch_size)
+            for start, body in batched_bodies(inputs, batch_size, int(max_request_mb * 1024 * 1024)):
                 response = self._post("/encode", body, offset=start, headers={"Accept": NPY})
                 parts.append(np.load(io.BytesIO(response.content)))
                 bar.update(len(body["inputs"]))
@@ -179,6 +188,7 @@ class AsyncClient:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout_s)
         self.retries, self.backoff_s = retries, backoff_s
+        self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
 
     async def aclose(self) -> None:
@@ -207,20 +217,36 @@ class AsyncClient:
         return response
 
     async def encode(
-        self, inputs: Sequence[Any], batch_size: int = 32, show_progress: bool = False
+        self,
+        inputs: Sequence[Any],
+        batch_size: int = 32,
+        show_progress: bool = False,
+        max_request_mb: float = DEFAULT_REQUEST_MB,
     ) -> np.ndarray:
-        """float32 ``[len(inputs), dim]``, L2-normalised, in input order."""
+        """float32 ``[len(inputs), dim]``, L2-normalised, in input order (batches as :meth:`Client.encode`,
+        up to ``concurrency`` of them in flight; inputs are read as their batch is built)."""
         bar = tqdm(total=len(inputs), unit="item", disable=not show_progress, desc="encoding")
+        parts: dict[int, np.ndarray] = {}
 
-        async def one(start: int) -> np.ndarray:
-            body = _encode_body(inputs, start, batch_size)
+        async def one(start: int, body: dict) -> None:
             response = await self._post("/encode", body, offset=start, headers={"Accept": NPY})
             bar.update(len(body["inputs"]))
-            return np.load(io.BytesIO(response.content))
+            parts[start] = np.load(io.BytesIO(response.content))
 
-        with bar:
-            parts = await asyncio.gather(*(one(s) for s in range(0, len(inputs), batch_size)))
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        pending: set[asyncio.Task] = set()
+        try:
+            with bar:
+                for start, body in batched_bodies(inputs, batch_size, int(max_request_mb * 1024 * 1024)):
+                    if len(pending) >= self.concurrency:
+                        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                        for task in done:
+                            task.result()  # a failed batch stops the rest
+                    pending.add(asyncio.create_task(one(start, body)))
+                await asyncio.gather(*pending)
+        finally:
+            for task in pending:
+                task.cancel()
+        return np.concatenate([parts[s] for s in sorted(parts)]) if parts else np.zeros((0, 0), np.float32)
 
     async def rank(self, query: Any, candidates: Sequence[Any]) -> list[Ranked]:
         """Candidates sorted by ``clip_score``, best first."""

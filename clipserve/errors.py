@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+ECHO_CHARS = 120
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """``value`` made safe to put in an error message: printable, valid UTF-8, at most ``limit`` chars.
+
+    User input (URLs, names) is echoed through this, so no input can break the rendering of its
+    own error (a lone surrogate such as ``\\ud800`` cannot be encoded as UTF-8).
+    """
+    text = repr(value) if not isinstance(value, str) else value
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class ClipserveError(Exception):
     """Base class of every error clipserve raises on purpose."""
@@ -22,7 +36,7 @@ class InvalidInput(ClipserveError, ValueError):
 
 
 class UnknownModel(ClipserveError, LookupError):
-    """The model name is not in the zoo."""
+    """The model name is not in the zoo (or not served)."""
 
     http_status = 404
 
@@ -46,9 +60,19 @@ class DeviceUnavailable(ClipserveError, RuntimeError):
 
 
 class RequestTooLarge(ClipserveError):
-    """A request exceeds a size limit of the server (body bytes or items)."""
+    """A request exceeds a size limit of the server (body bytes, items, URLs, downloads)."""
 
     http_status = 413
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        self.index = index
+        super().__init__(message)
+
+
+class Overloaded(ClipserveError):
+    """The server holds its maximum of work; the caller should retry later (503 + Retry-After)."""
+
+    http_status = 503
 
 
 class Unauthorized(ClipserveError):

@@ -1,67 +1,164 @@
-"""Fetch an image URL (only when the caller allowed URLs): bounded time and size, no SSRF.
+"""Fetch a URL (only when the caller allowed URLs): bounded time and size, public addresses only.
 
-Loopback, private, link-local (cloud metadata), multicast and reserved addresses are refused unless
-explicitly allowed. The check runs on the addresses the host name resolves to, and the connection
-is then made to the checked address itself, so DNS rebinding cannot slip past it; redirects open
-new connections through the same check. Environment proxies are not used.
+- Only addresses that are globally routable are fetched from. The check runs on every address the
+  host name resolves to, after unwrapping IPv4 addresses carried inside IPv6 ones (mapped,
+  compatible, 6to4, Teredo, NAT64), and the connection is made to the checked address itself, so
+  DNS rebinding cannot slip past it. Redirects open new connections through the same check and may
+  only lead to ``http``/``https``: the opener has no FTP, file or data handlers at all.
+- One deadline covers the whole fetch (name lookup, connect, headers, body): a watchdog shuts the
+  socket when it passes, so a server that trickles one byte at a time cannot hold a thread.
+- Refusals say only that the address is not public: the resolved address stays in the server's log,
+  so the error text is no oracle for the names of an internal network.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
+import logging
 import socket
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from functools import cache
 
-from clipserve.errors import InvalidInput
+from clipserve.errors import InvalidInput, RequestTooLarge, echo
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 MAX_REDIRECTS = 5
+FETCHED_SCHEMES = ("http", "https")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Special-purpose blocks (IANA registries) that Python 3.11's ``is_global`` still calls global.
+NOT_PUBLIC = tuple(
+    ipaddress.ip_network(block)
+    for block in (
+        "0.0.0.0/8",
+        "100.64.0.0/10",  # carrier-grade NAT; cloud metadata services live here too (100.100.100.200)
+        "192.0.0.0/24",
+        "192.88.99.0/24",
+        "198.18.0.0/15",
+        "::/96",  # deprecated IPv4-compatible IPv6
+        "fec0::/10",  # deprecated site-local
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "3fff::/20",
+        "5f00::/16",
+    )
+)
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class RefusedAddress(OSError):
     """The URL's host resolves only to addresses clipserve does not fetch from."""
 
 
-def refusal(address: str) -> str | None:
-    """Why ``address`` must not be fetched from, or None when it is a public address."""
+def embedded_ipv4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address carries (6to4, Teredo server and client, NAT64)."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return []
+    inner = [ip.sixtofour] if ip.sixtofour else []
+    inner.extend(ip.teredo or ())
+    if ip in NAT64:
+        inner.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return inner
+
+
+def is_public(address: str) -> bool:
+    """True when ``address`` and every IPv4 address inside it are globally routable."""
     ip = ipaddress.ip_address(address.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
-    for kind in ("loopback", "link_local", "private", "multicast", "reserved", "unspecified"):
-        if getattr(ip, f"is_{kind}"):
-            return f"{address} is a {kind.replace('_', '-')} address"
-    return None
+    return all(_routable(candidate) for candidate in [ip, *embedded_ipv4(ip)])
 
 
-def _guarded_connection(
-    address, timeout=socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None, *, allow_private
-):
-    host, port = address
+def _routable(ip: IPAddress) -> bool:
+    # Python 3.11's is_global alone passes multicast (ff02::1) and several special blocks.
+    special = ip.is_multicast or ip.is_private or ip.is_reserved or ip.is_loopback or ip.is_link_local
+    return ip.is_global and not special and not any(ip in block for block in NOT_PUBLIC)
+
+
+@cache
+def _lookup_pool() -> ThreadPoolExecutor:
+    # getaddrinfo has no timeout of its own: it runs here so the fetch can stop waiting for it.
+    return ThreadPoolExecutor(4, thread_name_prefix="clipserve-dns")
+
+
+class _Deadline:
+    """The end time of one fetch, and a watchdog that shuts the fetch's sockets when it passes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        return left
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.expired:
+                sock.close()
+                raise TimeoutError("deadline passed")
+            self._sockets.append(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _connect(host: str, port: int, deadline: _Deadline, allow_private: bool) -> socket.socket:
+    lookup = _lookup_pool().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        addresses = lookup.result(timeout=deadline.remaining())
+    except FutureTimeout as exc:
+        raise TimeoutError("name lookup took too long") from exc
     refused = []
-    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        reason = None if allow_private else refusal(sockaddr[0])
-        if reason:
-            refused.append(reason)
+    for family, kind, proto, _, sockaddr in addresses:
+        if not allow_private and not is_public(sockaddr[0]):
+            refused.append(sockaddr[0])
             continue
         sock = socket.socket(family, kind, proto)
-        if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
-            sock.settimeout(timeout)
+        deadline.watch(sock)
+        sock.settimeout(deadline.remaining())
         try:
             sock.connect(sockaddr)
         except OSError:
             sock.close()
             raise
         return sock
-    raise RefusedAddress(f"refusing to fetch from {host}: {'; '.join(refused) or 'no address'}")
+    log.warning("refused to fetch from %s: it resolves to %s", host, ", ".join(refused) or "nothing")
+    raise RefusedAddress(f"refusing to fetch from {host}: it does not resolve to a public address")
 
 
-def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
-    connect = partial(_guarded_connection, allow_private=allow_private)
+def _opener(deadline: _Deadline, allow_private: bool) -> urllib.request.OpenerDirector:
+    def connect(address, timeout=None, source_address=None):
+        return _connect(address[0], address[1], deadline, allow_private)
 
     class GuardedHTTP(http.client.HTTPConnection):
         def __init__(self, *args, **kwargs):
@@ -84,7 +181,45 @@ def _opener(allow_private: bool) -> urllib.request.OpenerDirector:
     class Redirects(urllib.request.HTTPRedirectHandler):
         max_redirections = MAX_REDIRECTS
 
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}), HTTPHandler, HTTPSHandler, Redirects)
+        def http_error_302(self, req, fp, code, msg, headers):
+            target = headers.get("location") or headers.get("uri") or ""
+            scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, target)).scheme.lower()
+            if scheme not in FETCHED_SCHEMES:
+                raise RefusedAddress(f"refusing a redirect to a {echo(scheme, 20)}: URL")
+            return super().http_error_302(req, fp, code, msg, headers)
+
+        http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    # Built by hand: build_opener() would add FTP, file, data and environment-proxy handlers.
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        HTTPHandler(),
+        HTTPSHandler(),
+        Redirects(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+        urllib.request.UnknownHandler(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+class ByteBudget:
+    """Bytes that the URL items of one request may still download together (thread-safe)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.left = total
+        self._lock = threading.Lock()
+
+    def take(self, count: int, index: int | None) -> None:
+        with self._lock:
+            self.left -= count
+            if self.left < 0:
+                raise RequestTooLarge(
+                    f"the URL items of this request download more than {self.total} bytes together",
+                    index,
+                )
 
 
 def fetch_url(
@@ -93,29 +228,53 @@ def fetch_url(
     allow_private: bool = False,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    budget: ByteBudget | None = None,
 ) -> bytes:
-    """GET ``url`` and return its body; any failure is an :class:`InvalidInput` naming the item."""
-    if not url.startswith(("http://", "https://")):
-        raise InvalidInput(f"only http(s) URLs are fetched, not {url[:40]!r}", index)
-    deadline = time.monotonic() + timeout_s
+    """GET ``url`` and return its body; any failure is an :class:`InvalidInput` naming the item.
+
+    ``timeout_s`` bounds the whole fetch; ``max_bytes`` the body; ``budget`` (optional) is shared
+    with the other URLs of a request.
+    """
+    shown = echo(url)
+    if urllib.parse.urlsplit(url).scheme.lower() not in FETCHED_SCHEMES:
+        raise InvalidInput(f"only http(s) URLs are fetched, not {shown}", index)
+    deadline = _Deadline(timeout_s)
     try:
-        with _opener(allow_private).open(url, timeout=timeout_s) as response:
+        with _opener(deadline, allow_private).open(url, timeout=timeout_s) as response:
             length = int(response.headers.get("Content-Length") or 0)
             if length > max_bytes:
-                raise InvalidInput(f"{url} is {length} bytes, over the {max_bytes}-byte limit", index)
+                raise InvalidInput(f"{shown} is {length} bytes, over the {max_bytes}-byte limit", index)
             chunks, size = [], 0
             while chunk := response.read(1 << 16):
                 chunks.append(chunk)
                 size += len(chunk)
+                if budget is not None:
+                    budget.take(len(chunk), index)
                 if size > max_bytes:
-                    raise InvalidInput(f"{url} is larger than the {max_bytes}-byte limit", index)
-                if time.monotonic() > deadline:
-                    raise InvalidInput(f"{url} took longer than {timeout_s} s", index)
+                    raise InvalidInput(f"{shown} is larger than the {max_bytes}-byte limit", index)
+            if deadline.expired:  # the watchdog shut the socket: what arrived is a truncated body
+                raise TimeoutError("deadline passed")
+            if length and size != length:
+                raise InvalidInput(f"{shown} ended after {size} of {length} bytes", index)
+    except (InvalidInput, RequestTooLarge):
+        raise
     except RefusedAddress as exc:
         raise InvalidInput(str(exc), index) from exc
-    except urllib.error.URLError as exc:
-        reason = exc.reason if isinstance(exc.reason, RefusedAddress) else exc
-        raise InvalidInput(f"cannot fetch {url}: {reason}", index) from exc
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise InvalidInput(f"cannot fetch {url}: {exc}", index) from exc
+    except Exception as exc:  # sockets, TLS, HTTP parsing and urllib raise many types; all are the URL's
+        if deadline.expired or isinstance(exc, TimeoutError):
+            raise InvalidInput(f"fetching {shown} took longer than {timeout_s:g} s", index) from exc
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, RefusedAddress):
+            raise InvalidInput(str(reason), index) from exc
+        raise InvalidInput(f"cannot fetch {shown}: {_describe(exc)}", index) from exc
+    finally:
+        deadline.cancel()
     return b"".join(chunks)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}"
+    if isinstance(exc, urllib.error.URLError):
+        return echo(str(exc.reason))
+    return f"{type(exc).__name__}: {echo(str(exc))}"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from clipserve.cache import touch
 from clipserve.errors import WeightsUnavailable
 from clipserve.zoo import ModelSpec
 
@@ -36,10 +37,10 @@ _SHA256_IN_URL = re.compile(r"/([0-9a-f]{64})/")
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The cache root: ``override``, else ``$CLIPSERVE_CACHE``, else ``~/.cache/clipserve``."""
+    """The cache root: ``override``, else ``$CLIPSERVE_CACHE_DIR``, else ``~/.cache/clipserve``."""
     if override is not None:
         return Path(override).expanduser()
-    return Path(os.environ.get("CLIPSERVE_CACHE", "~/.cache/clipserve")).expanduser()
+    return Path(os.environ.get("CLIPSERVE_CACHE_DIR", "~/.cache/clipserve")).expanduser()
 
 
 def offline() -> bool:
@@ -65,24 +66,8 @@ def checkpoint_cache(spec: ModelSpec, root: Path) -> Path:
 
 
 def onnx_cache(spec: ModelSpec, root: Path, source: str, precision: str) -> Path:
-    """Where the ONNX export of ``spec`` from ``source`` (the tag or a checkpoint fingerprint) lives."""
+    """Where the ONNX export of ``spec`` from ``source`` (the tag or a content fingerprint) lives."""
     return root / "onnx" / spec.arch / source / precision
-
-
-def checkpoint_fingerprint(path: Path) -> str:
-    """A short stable id of a checkpoint file (resolved path, size, mtime) for cache keys."""
-    return "file-" + _fingerprint(path)
-
-
-def export_fingerprint(path: Path) -> str:
-    """A short stable id of a user's ONNX export directory (its metadata file) for cache keys."""
-    return "dir-" + _fingerprint(path / ONNX_MARKER)
-
-
-def _fingerprint(path: Path) -> str:
-    stat = path.stat()
-    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def read_export_meta(path: Path) -> dict:
@@ -131,8 +116,9 @@ def find_checkpoint(spec: ModelSpec, root: Path) -> Path:
     target = checkpoint_cache(spec, root)
     cached = sorted(p for p in target.glob("*") if p.suffix in CHECKPOINT_SUFFIXES) if target.is_dir() else []
     if cached:
+        touch(target)
         return cached[0]
-    search.looked.append(f"cache directory {target} (empty; set CLIPSERVE_CACHE to use another)")
+    search.looked.append(f"cache directory {target} (empty; set CLIPSERVE_CACHE_DIR to use another)")
     if offline():
         search.looked.append("downloads skipped: offline (CLIPSERVE_OFFLINE or HF_HUB_OFFLINE is set)")
         raise search.fail()

@@ -46,6 +46,8 @@ class ModelSpec:
     hf_hub: str
     url: str
     licence: str
+    family: str = "open_clip"
+    """Which loader builds it (``clipserve.families.LOADERS``)."""
 
     @property
     def name(self) -> str:

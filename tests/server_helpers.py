@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from clipserve.server.app import create_app
-from clipserve.server.settings import ServerSettings
+from clipserve.settings import ServerSettings, replace
 
 
 def free_port() -> int:
@@ -22,7 +22,7 @@ def free_port() -> int:
 @contextmanager
 def running_server(**settings):
     """Yields ``(base_url, app)`` while a uvicorn server with ``settings`` serves on loopback."""
-    config = ServerSettings(host="127.0.0.1", port=free_port()).replace(**settings)
+    config = replace(ServerSettings(host="127.0.0.1", port=free_port()), **settings)
     app = create_app(config)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -1,16 +1,37 @@
 import base64
+import io
+import wave
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from clipserve.errors import InvalidInput
-from clipserve.inputs import decode_data_uri, to_item, to_items
+from clipserve.inputs import (
+    data_uri_modality,
+    decode_data_uri,
+    openai_item,
+    sniff_bytes,
+    to_item,
+    to_items,
+    wire_item,
+)
+
+
+def _wav() -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\0\0" * 800)
+    return buffer.getvalue()
 
 
 def test_modality_rules(photo_paths, tmp_path) -> None:
     png = photo_paths[0].read_bytes()
     data_uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    (tmp_path / "clip.bin").write_bytes(_wav())
     items = to_items(
         [
             "a photo of a cat",
@@ -24,6 +45,8 @@ def test_modality_rules(photo_paths, tmp_path) -> None:
             "https://example.com/cat.jpg",
             str(tmp_path / "missing.png"),
             "",
+            _wav(),
+            tmp_path / "clip.bin",  # audio by content, whatever the name says
         ]
     )
     kinds = [(i.modality, i.kind) for i in items]
@@ -31,7 +54,7 @@ def test_modality_rules(photo_paths, tmp_path) -> None:
         ("text", "text"),
         ("image", "path"),
         ("image", "path"),
-        ("image", "bytes"),
+        ("image", "data_uri"),  # decoded later, on a worker
         ("image", "bytes"),
         ("image", "pil"),
         ("image", "array"),
@@ -39,9 +62,11 @@ def test_modality_rules(photo_paths, tmp_path) -> None:
         ("text", "text"),  # URLs are text unless allowed
         ("text", "text"),  # a path that names no file is text
         ("text", "text"),
+        ("audio", "bytes"),
+        ("audio", "path"),
     ]
     assert [i.index for i in items] == list(range(len(items)))
-    assert items[3].value == png
+    assert decode_data_uri(items[3].value) == png
 
 
 def test_urls_are_images_only_when_allowed() -> None:
@@ -53,11 +78,31 @@ def test_percent_encoded_data_uri() -> None:
     assert decode_data_uri("data:image/svg+xml,%3Csvg%3E") == b"<svg>"
 
 
+def test_content_sniffing() -> None:
+    assert sniff_bytes(b"\xff\xd8\xff\xe0") == "image"  # JPEG
+    assert sniff_bytes(b"\x89PNG\r\n") == "image"
+    for audio in (_wav(), b"fLaC\0\0", b"OggS\0\2", b"ID3\4\0", b"\xff\xfb\x90\x64", b"\0\0\0\x20ftypM4A "):
+        assert sniff_bytes(audio) == "audio", audio[:8]
+    assert data_uri_modality("data:audio/wav;base64,AAAA") == "audio"
+    assert data_uri_modality("data:;base64,AAAA") == "image"
+
+
+def test_wire_and_openai_items_stay_undecoded() -> None:
+    assert wire_item(0, "image", "aGVsbG8=", allow_url=False).kind == "base64"
+    assert wire_item(0, "audio", "data:audio/wav;base64,AA==", allow_url=False).kind == "data_uri"
+    with pytest.raises(InvalidInput, match="--allow-url"):
+        wire_item(2, "image", "https://example.com/x.png", allow_url=False)
+    with pytest.raises(InvalidInput, match="the image field holds a data URI of audio"):
+        wire_item(1, "image", "data:audio/wav;base64,AA==", allow_url=False)
+    assert openai_item(0, "data:audio/wav;base64,AA==", allow_url=False).modality == "audio"
+    assert openai_item(0, "https://example.com/x.png", allow_url=False).modality == "text"
+    assert openai_item(0, "https://example.com/x.png", allow_url=True).kind == "url"
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("data:image/png;base64,@@@not-base64@@@", "invalid base64"),
-        ("data:text/plain;base64,aGVsbG8=", "not an image"),
+        ("data:text/plain;base64,aGVsbG8=", "neither an image nor audio"),
         ("data:image/png;base64", "malformed data URI"),
         (np.zeros((3, 4), np.int32), "arrays must be"),
         (12345, "unsupported input type int"),
@@ -69,3 +114,8 @@ def test_bad_inputs_name_their_index(value, message: str) -> None:
         to_items(["fine", value])
     assert info.value.index == 1
     assert str(info.value).startswith("item 1: ")
+
+
+def test_bad_base64_is_found_when_decoded() -> None:
+    with pytest.raises(InvalidInput, match="item 4: data URI has invalid base64"):
+        decode_data_uri("data:image/png;base64,@@@not-base64@@@", index=4)

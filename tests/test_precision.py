@@ -66,7 +66,7 @@ def test_an_fp32_export_dir_yields_int8_in_the_cache(tmp_path, encoder_for) -> N
 
     fp32_dir = encoder_for("ViT-B-32::openai", "onnx").info()["weights"]
     encoder = Encoder("ViT-B-32::openai", weights=fp32_dir, cache_dir=tmp_path, precision="int8")
-    assert encoder.info()["weights"].startswith(str(tmp_path / "onnx" / "ViT-B-32" / "dir-"))
+    assert encoder.info()["weights"].startswith(str(tmp_path / "onnx" / "ViT-B-32" / "sha-"))
 
 
 def test_wrong_precision_for_backend_or_device(random_model, cache_root) -> None:
@@ -81,7 +81,7 @@ def test_wrong_precision_for_backend_or_device(random_model, cache_root) -> None
         Encoder(name, precision="int4", weights=checkpoint, cache_dir=cache_root)
     with pytest.raises(DeviceUnavailable, match="CUDAExecutionProvider"):
         Encoder(name, precision="int8", device="cuda", weights=checkpoint, cache_dir=cache_root)
-    fp32_dir = Encoder(name, weights=checkpoint, cache_dir=cache_root).backend.model_dir
+    fp32_dir = Encoder(name, weights=checkpoint, cache_dir=cache_root).pipeline.model.backend.model_dir
     from clipserve.zoo import get_spec
 
     with pytest.raises(WeightsUnavailable, match="holds a fp32 export, not int8"):

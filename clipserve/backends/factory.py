@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
 
 from clipserve.backends.base import PRECISION_DEVICES, Backend, check_backend_precision
+from clipserve.cache import content_fingerprint, touch
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.weights import (
-    checkpoint_fingerprint,
+    ONNX_MARKER,
     explicit_weights,
-    export_fingerprint,
     find_checkpoint,
     is_current_export,
     is_onnx_dir,
@@ -74,20 +75,28 @@ def onnx_model_dir(spec: ModelSpec, explicit: Path | None, cache: Path, precisio
                 f"{explicit} is a {given} export; pass an fp32 export to derive {precision}"
             )
         fp32_dir = explicit
-        target = onnx_cache(spec, cache, export_fingerprint(explicit), precision)
+        target = onnx_cache(spec, cache, export_fingerprint(explicit, cache), precision)
     else:
-        source = checkpoint_fingerprint(explicit) if explicit is not None else spec.tag
+        source = content_fingerprint(explicit, cache) if explicit is not None else spec.tag
         fp32_dir = onnx_cache(spec, cache, source, "fp32")
         if not is_current_export(fp32_dir):
             export_fp32(spec, explicit or find_checkpoint(spec, cache), fp32_dir)
         target = onnx_cache(spec, cache, source, precision)
-    if precision == "fp32":
-        return fp32_dir
-    if not _derived_from_current(target, fp32_dir):
+    if precision != "fp32" and not _derived_from_current(target, fp32_dir):
         from clipserve.backends.precision import derive_int8
 
         derive_int8(fp32_dir, target)
-    return target
+    used = fp32_dir if precision == "fp32" else target
+    touch(used)
+    return used
+
+
+def export_fingerprint(export_dir: Path, cache: Path) -> str:
+    """A content key of a user's export directory: its metadata and both towers."""
+    parts = [
+        content_fingerprint(export_dir / name, cache) for name in (ONNX_MARKER, "image.onnx", "text.onnx")
+    ]
+    return "sha-" + hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
 
 
 def _derived_from_current(target: Path, fp32_dir: Path) -> bool:

@@ -38,6 +38,8 @@ def derive_int8(fp32_dir: Path, out_dir: Path) -> Path:
     meta = json.loads((fp32_dir / ONNX_MARKER).read_text())
     meta.update(precision="int8", derived_from=str(fp32_dir))
     (staging / ONNX_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+    for written in staging.iterdir():  # the quantiser writes 0600 temporary files: share like fp32
+        shutil.copymode(fp32_dir / ONNX_MARKER, written)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return out_dir

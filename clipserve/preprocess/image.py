@@ -2,67 +2,115 @@
 
 open_clip (through torchvision) resizes the image in its own Pillow mode, centre-crops, converts to
 RGB, scales to [0, 1] and normalises; this module does the same steps with Pillow and numpy only.
+
+Decoding is guarded: only the formats in :data:`ALLOWED_FORMATS` are opened (no PostScript through
+Ghostscript, no rarely used decoders), the pixel count and side ratio are checked from the header
+before any pixel is decoded, and for extreme side ratios the resize computes only the region the
+centre crop keeps, so a tiny 1 x 10,000,000 PNG is refused and a 1 x 100 one costs no more than a
+photo.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from clipserve.errors import InvalidInput
+from clipserve.errors import InvalidInput, echo
 from clipserve.zoo import ModelSpec
 
-DEFAULT_MAX_PIXELS = 100_000_000
+log = logging.getLogger(__name__)
+
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
+)
+EXACT_RESIZE_MAX_RATIO = 16
+"""Images whose resized size is at most this many crops are resized whole (pixel-exact to open_clip)."""
+WANTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
+"""Formats users send; those this Pillow build (with plugins such as pillow-heif) can open are allowed."""
+
+
+def allowed_formats() -> tuple[str, ...]:
+    """The formats :func:`decode_image` opens: :data:`WANTED_FORMATS` this Pillow build has."""
+    Image.init()
+    return tuple(f for f in WANTED_FORMATS if f in Image.OPEN)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image may cost: checked from its header, before decoding."""
+
+    max_pixels: int = 50_000_000
+    max_aspect_ratio: float = 100.0
+
+    def check(self, size: tuple[int, int], index: int | None) -> None:
+        width, height = size
+        if width <= 0 or height <= 0:
+            raise InvalidInput(f"image has no pixels ({width}x{height})", index)
+        if width * height > self.max_pixels:
+            raise InvalidInput(
+                f"image of {width}x{height} = {width * height} pixels exceeds the limit of {self.max_pixels}",
+                index,
+            )
+        if max(width, height) / min(width, height) > self.max_aspect_ratio:
+            raise InvalidInput(
+                f"image of {width}x{height} has a side ratio over the limit of {self.max_aspect_ratio:g}",
+                index,
+            )
+
+    def allow_in_pillow(self) -> None:
+        """Raise Pillow's own bomb limit (a process-wide setting) when ``max_pixels`` is above it.
+
+        Pillow refuses images over twice its ``MAX_IMAGE_PIXELS``; clipserve checks its own limit
+        first, so Pillow's may only ever be raised to it, never lowered.
+        """
+        if Image.MAX_IMAGE_PIXELS is not None and self.max_pixels > Image.MAX_IMAGE_PIXELS:
+            log.info("raising PIL.Image.MAX_IMAGE_PIXELS to max_pixels=%d", self.max_pixels)
+            Image.MAX_IMAGE_PIXELS = self.max_pixels
 
 
 def decode_image(
     source: bytes | str | Path | Image.Image | np.ndarray,
     index: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    limits: ImageLimits = ImageLimits(),
 ) -> Image.Image:
     """Decode raw bytes, a file path, a PIL image or an ``[H, W, 3]`` uint8 RGB array.
 
     Raises:
-        InvalidInput: corrupt, truncated or non-image data, more than ``max_pixels`` pixels
-            (decompression bombs), or an array of the wrong shape or dtype.
+        InvalidInput: corrupt, truncated or non-image data, a format outside the allow-list, more
+            than ``limits.max_pixels`` pixels or a too extreme side ratio (checked from the header),
+            or an array of the wrong shape or dtype. Every decoder failure becomes this error.
     """
     if isinstance(source, np.ndarray):
-        return _image_from_array(source, index)
+        image = _image_from_array(source, index)
+        limits.check(image.size, index)
+        return image
     if isinstance(source, Image.Image):
-        _check_pixels(source, index, max_pixels)
+        limits.check(source.size, index)
         return source
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream)
-            _check_pixels(image, index, max_pixels)
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidInput(f"image too large to decode safely ({exc})", index) from exc
+        image = Image.open(stream, formats=allowed_formats())
+        limits.check(image.size, index)
+        image.load()
+    except InvalidInput:
+        raise
     except UnidentifiedImageError as exc:
-        raise InvalidInput("not an image: Pillow cannot identify the data", index) from exc
-    except FileNotFoundError as exc:
-        raise InvalidInput(f"image file not found: {source}", index) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidInput(f"corrupt or truncated image: {exc}", index) from exc
-    return image
-
-
-def _check_pixels(image: Image.Image, index: int | None, max_pixels: int) -> None:
-    width, height = image.size
-    if width * height > max_pixels:
         raise InvalidInput(
-            f"image of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}", index
-        )
-    if width == 0 or height == 0:
-        raise InvalidInput(f"image has no pixels ({width}x{height})", index)
+            f"not an image in an accepted format ({', '.join(allowed_formats())})", index
+        ) from exc
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"image file not found: {echo(str(source))}", index) from exc
+    except Exception as exc:  # decoders raise OSError, SyntaxError, ValueError, OverflowError, MemoryError…
+        raise InvalidInput(
+            f"corrupt or truncated image: {type(exc).__name__}: {echo(str(exc))}", index
+        ) from exc
+    return image
 
 
 def _image_from_array(array: np.ndarray, index: int | None) -> Image.Image:
@@ -72,7 +120,7 @@ def _image_from_array(array: np.ndarray, index: int | None) -> Image.Image:
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InvalidInput(f"image array has no pixels {list(array.shape)}", index)
-    return Image.fromarray(array, mode="RGB")
+    return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
 
 
 class ImagePreprocessor:
@@ -88,24 +136,45 @@ class ImagePreprocessor:
         self.std = np.asarray(spec.std, dtype=np.float32).reshape(3, 1, 1)
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
-        """Resize (shortest edge or squash) and centre-crop, in the image's own mode."""
+        """Resize (shortest edge or squash) and centre-crop, in the image's own mode.
+
+        The whole image is resized, then cropped, exactly as open_clip does, as long as the resized
+        image is at most :data:`EXACT_RESIZE_MAX_RATIO` crops large. Beyond that (side ratios over
+        16:1) only the crop's region is resampled (Pillow's ``box``), so a long thin strip costs no
+        more than a photo. Pillow then computes the sample positions from the box with different
+        floating-point rounding: a few pixels may differ by one level from open_clip's.
+        """
         height, width = self.size
         if self.resize_mode == "squash":
-            target = (width, height)
-        else:
-            target = _shortest_edge_size(image.size, height)
-        if image.size != target:
-            image = image.resize(target, self.resample)
-        if image.size != (width, height):
-            left = round((image.width - width) / 2.0)
-            top = round((image.height - height) / 2.0)
-            image = image.crop((left, top, left + width, top + height))
-        return image
+            return image if image.size == (width, height) else image.resize((width, height), self.resample)
+        resized_w, resized_h = _shortest_edge_size(image.size, height)
+        left = round((resized_w - width) / 2.0)
+        top = round((resized_h - height) / 2.0)
+        if resized_w * resized_h <= EXACT_RESIZE_MAX_RATIO * width * height:
+            if image.size != (resized_w, resized_h):
+                image = image.resize((resized_w, resized_h), self.resample)
+            return image.crop((left, top, left + width, top + height))
+        scale_x, scale_y = image.width / resized_w, image.height / resized_h
+        box = (
+            left * scale_x,
+            top * scale_y,
+            min((left + width) * scale_x, image.width),
+            min((top + height) * scale_y, image.height),
+        )
+        return image.resize((width, height), self.resample, box=box)
+
+    def rgb(self, image: Image.Image) -> np.ndarray:
+        """Resized, cropped RGB as uint8 ``[3, H, W]``: a quarter of the float pixels' memory, so
+        prepared images wait for the model compactly; :meth:`normalise` finishes the transform."""
+        return np.asarray(self.resize_and_crop(image).convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+
+    def normalise(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 ``[..., 3, H, W]`` → float32 scaled to [0, 1] and normalised with the model's mean/std."""
+        pixels = rgb.astype(np.float32) / np.float32(255)
+        return (pixels - self.mean) / self.std
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        rgb = np.asarray(self.resize_and_crop(image).convert("RGB"), dtype=np.uint8)
-        pixels = rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
-        return (pixels - self.mean) / self.std
+        return self.normalise(self.rgb(image))
 
 
 def _shortest_edge_size(size: tuple[int, int], edge: int) -> tuple[int, int]:

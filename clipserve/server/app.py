@@ -3,13 +3,16 @@
 Routes read as plainly as the operations: parse the body into items, let the
 :class:`~clipserve.server.service.EncodingService` embed them, shape the answer. Errors users can
 cause become ``{"error", "detail", "index"}`` with a 4xx status in one place (``_error_response``).
-"""
 
-from __future__ import annotations
+Before a route runs, :class:`RequestGuard` checks the API key, refuses bodies over the size limit
+and work beyond the in-flight limit, all before a byte of the body is read; JSON bodies are then
+parsed off the event loop (:class:`OffLoopJSONRoute`).
+"""
 
 import base64
 import hmac
 import io
+import itertools
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -17,49 +20,51 @@ from http import HTTPStatus
 
 import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from clipserve.batching import QueueFull
 from clipserve.encoder import Encoder, clip_scores
-from clipserve.errors import ClipserveError, InvalidInput, RequestTooLarge, Unauthorized, UnknownModel
-from clipserve.inputs import Item
+from clipserve.errors import (
+    ClipserveError,
+    InvalidInput,
+    Overloaded,
+    RequestTooLarge,
+    Unauthorized,
+    UnknownModel,
+    echo,
+)
+from clipserve.inputs import Item, openai_item
 from clipserve.server import schemas
 from clipserve.server.service import EncodingService
-from clipserve.server.settings import ServerSettings
+from clipserve.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 NPY = "application/x-npy"
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+INLINE_JSON_BYTES = 64 * 1024
+"""Bodies up to this size are parsed on the event loop (faster than a thread hop); larger ones off it."""
+RETRY_AFTER_S = "1"
 
 
 def build_encoder(settings: ServerSettings) -> Encoder:
-    """The :class:`Encoder` that ``settings`` describe (model, backend, weights, input limits)."""
-    return Encoder(
-        settings.model,
-        backend=settings.backend,
-        device=settings.device,
-        weights=settings.weights,
-        precision=settings.precision,
-        batch_size=settings.max_batch_size,
-        num_workers=settings.num_workers,
-        cache_dir=settings.cache_dir,
-        allow_url=settings.allow_url,
-        allow_private_urls=settings.allow_private_urls,
-        max_pixels=settings.max_pixels,
-        max_text_chars=settings.max_text_chars,
-        spin=False,  # request handling needs the cycles idle inference threads would burn
-    )
+    """The :class:`Encoder` that ``settings`` describe."""
+    # Idle inference threads must not spin: request handling needs those cycles.
+    return Encoder(settings=settings.engine(), spin=False)
 
 
 def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> FastAPI:
     """The ASGI app for ``settings`` (model, limits, auth, batching); builds the encoder unless given."""
+    api_key = settings.resolved_api_key()
     encoder = encoder or build_encoder(settings)
     service = EncodingService(encoder, settings)
+    bodies = schemas.request_models(settings.max_items)
+    name = encoder.spec.name
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -69,20 +74,12 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
 
     app = FastAPI(
         title="clipserve",
-        summary="CLIP embeddings for texts and images in one latent space",
+        summary="CLIP embeddings for texts, images and audio in one latent space",
         lifespan=lifespan,
     )
+    app.router.route_class = OffLoopJSONRoute
     app.state.service = service
-    app.add_middleware(RequestGuard, service=service)
-
-    async def require_api_key(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
-
-    guarded = [Depends(require_api_key)]
+    app.add_middleware(RequestGuard, service=service, api_key=api_key)
 
     @app.exception_handler(ClipserveError)
     async def clipserve_error(request: Request, exc: ClipserveError) -> JSONResponse:
@@ -101,71 +98,53 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        loc = [part for part in first["loc"] if part != "body"]
-        index = next((part for part in loc if isinstance(part, int)), None)
-        where = ".".join(str(part) for part in loc) or "body"
-        return _error_response(request, 422, "InvalidRequest", f"{where}: {first['msg']}", index)
+        errors = exc.errors()
+        first = next((e for e in errors if e["type"] == "too_long"), errors[0])  # a size limit outranks
+        status, error, detail, index = describe_validation_error(first)
+        return _error_response(request, status, error, detail, index)
 
-    @app.exception_handler(QueueFull)
-    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-        response = _error_response(request, 503, "Overloaded", f"server busy: {exc}; retry later", None)
-        response.headers["Retry-After"] = "1"
-        return response
+    def items_of(inputs: list[schemas.Input]) -> list[Item]:
+        return [x.item(i, settings.allow_url) for i, x in enumerate(inputs)]
 
-    def items_from(inputs: list[schemas.Input]) -> list[Item]:
-        service.check_count(len(inputs))
-        return [
-            Item(i, "text", "text", x.text) if x.text is not None else service.image_item(i, x.image)
-            for i, x in enumerate(inputs)
-        ]
-
-    @app.post("/encode", dependencies=guarded, responses={200: {"model": schemas.EncodeResponse}})
-    async def encode(body: schemas.EncodeRequest, request: Request) -> Response:
-        """Embed texts and images, in order. ``Accept: application/x-npy`` returns a float32 .npy."""
-        vectors, _ = await service.embed(items_from(body.inputs))
+    @app.post("/encode", responses={200: {"model": schemas.EncodeResponse}})
+    async def encode(body: bodies.encode, request: Request) -> Response:
+        """Embed texts, images and audio, in order. ``Accept: application/x-npy`` returns a float32 .npy."""
+        vectors, _ = await service.embed(items_of(body.inputs))
         if NPY in request.headers.get("accept", ""):
             buffer = io.BytesIO()
             np.save(buffer, vectors)
-            headers = {"X-Clipserve-Model": encoder.spec.name, "X-Clipserve-Dim": str(encoder.dim)}
+            headers = {"X-Clipserve-Model": name, "X-Clipserve-Dim": str(encoder.dim)}
             return Response(buffer.getvalue(), media_type=NPY, headers=headers)
-        return _json({"model": encoder.spec.name, "dim": encoder.dim, "embeddings": vectors})
+        return _json({"model": name, "dim": encoder.dim, "embeddings": vectors})
 
-    @app.post("/rank", dependencies=guarded, response_model=schemas.RankResponse)
-    async def rank(body: schemas.RankRequest) -> schemas.RankResponse:
+    @app.post("/rank", response_model=schemas.RankResponse)
+    async def rank(body: bodies.rank) -> schemas.RankResponse:
         """Candidates sorted by clip_score: softmax over them of logit_scale × cosine to the query."""
+        items = items_of([body.query, *body.candidates])
         try:
-            vectors, _ = await service.embed(items_from([body.query, *body.candidates]))
+            vectors, _ = await service.embed(items)
         except InvalidInput as exc:
             if exc.index == 0:
                 raise InvalidInput(f"query: {exc.reason}") from exc
             raise InvalidInput(f"candidate: {exc.reason}", exc.index - 1) from exc
-        order, scores, cosines = clip_scores(vectors[0], vectors[1:], encoder.logit_scale)
+        scales = np.asarray([encoder.logit_scale(items[0].modality, item.modality) for item in items[1:]])
+        order, scores, cosines = clip_scores(vectors[0], vectors[1:], scales)
         matches = [schemas.Match(index=int(i), clip_score=scores[i], cosine=cosines[i]) for i in order]
-        return schemas.RankResponse(model=encoder.spec.name, matches=matches)
+        return schemas.RankResponse(model=name, matches=matches)
 
-    @app.post("/v1/embeddings", dependencies=guarded, responses={200: {"model": schemas.EmbeddingsResponse}})
-    async def embeddings(body: schemas.EmbeddingsRequest) -> Response:
-        """OpenAI-compatible embeddings; an input that is an image data URI is embedded as an image."""
+    @app.post("/v1/embeddings", responses={200: {"model": schemas.EmbeddingsResponse}})
+    async def embeddings(body: bodies.embeddings) -> Response:
+        """OpenAI-compatible embeddings; an input that is an image or audio data URI is embedded as such."""
         if body.model is not None and not service.serves(body.model):
-            raise UnknownModel(
-                f"model {body.model!r} is not served here; this server serves {encoder.spec.name}"
-            )
+            raise UnknownModel(f"model {echo(body.model)!r} is not served here; this server serves {name}")
         if body.dimensions is not None and body.dimensions != encoder.dim:
-            raise InvalidInput(
-                f"dimensions must be {encoder.dim} for {encoder.spec.name}, got {body.dimensions}"
-            )
+            raise InvalidInput(f"dimensions must be {encoder.dim} for {name}, got {body.dimensions}")
         inputs = [body.input] if isinstance(body.input, str) else body.input
         if not inputs:
             raise InvalidInput("input is empty")
-        service.check_count(len(inputs))
-        items = [
-            service.image_item(i, text)
-            if text.startswith("data:") or (settings.allow_url and text.startswith(("http://", "https://")))
-            else Item(i, "text", "text", text)
-            for i, text in enumerate(inputs)
-        ]
-        vectors, tokens = await service.embed(items)
+        vectors, tokens = await service.embed(
+            [openai_item(i, text, settings.allow_url) for i, text in enumerate(inputs)]
+        )
         if body.encoding_format == "base64":
             data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
         else:
@@ -174,17 +153,17 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
             {
                 "object": "list",
                 "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(data)],
-                "model": encoder.spec.name,
+                "model": name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
 
-    @app.get("/v1/models", dependencies=guarded)
+    @app.get("/v1/models")
     async def models() -> dict:
         """The served model, in OpenAI's list shape."""
         return {
             "object": "list",
-            "data": [{"id": encoder.spec.name, "object": "model", "created": 0, "owned_by": "clipserve"}],
+            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "clipserve"}],
         }
 
     @app.get("/healthz")
@@ -192,17 +171,71 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
         """Alive (no authentication)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", dependencies=guarded)
+    @app.get("/readyz")
     async def readyz() -> dict:
-        """Model loaded and serving: what runs."""
-        return {"status": "ready", **encoder.info()}
+        """Model loaded and serving: what runs (no file system paths)."""
+        shown = {k: v for k, v in encoder.info().items() if k != "weights"}
+        return {"status": "ready", "modalities": list(encoder.modalities), **shown}
 
-    @app.get("/metrics", dependencies=guarded)
+    @app.get("/metrics")
     async def metrics() -> Response:
         """Prometheus metrics."""
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def describe_validation_error(first: dict) -> tuple[int, str, str, int | None]:
+    """``(status, error, detail, index)`` of pydantic's first error: the item index is the number
+    that follows a list field in the location, never a byte offset."""
+    if first["type"] == "json_invalid":
+        position = first["loc"][-1]
+        return 422, "InvalidRequest", f"malformed JSON at byte {position}: {first['ctx']['error']}", None
+    loc = [part for part in first["loc"] if part != "body"]
+    where = ".".join(str(part) for part in loc) or "body"
+    if first["type"] == "too_long":
+        ctx = first.get("ctx", {})
+        return (
+            413,
+            "RequestTooLarge",
+            f"{where} holds {ctx.get('actual_length')} items; the limit is {ctx.get('max_length')}",
+            None,
+        )
+    index = next(
+        (
+            part
+            for before, part in itertools.pairwise(loc)
+            if isinstance(part, int) and isinstance(before, str)
+        ),
+        None,
+    )
+    return 422, "InvalidRequest", f"{where}: {echo(first['msg'], 300)}", index
+
+
+class OffLoopJSONRequest(Request):
+    """Parses a large JSON body on a worker thread with orjson, so the event loop keeps serving."""
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            self._json = (
+                orjson.loads(body)
+                if len(body) <= INLINE_JSON_BYTES
+                else await run_in_threadpool(orjson.loads, body)
+            )
+        return self._json
+
+
+class OffLoopJSONRoute(APIRoute):
+    """A route whose JSON body is parsed by :class:`OffLoopJSONRequest`."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(OffLoopJSONRequest(request.scope, request.receive))
+
+        return route
 
 
 def _json(content: dict) -> Response:
@@ -214,9 +247,23 @@ def _error_response(
     request: Request, status: int, error: str, detail: str, index: int | None
 ) -> JSONResponse:
     """``{"error", "detail", "index"}``; on the OpenAI routes (``/v1/...``) OpenAI's error shape."""
-    request.state.error = error
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    if request.url.path.startswith("/v1/"):
+    return error_response(
+        request.url.path, request.scope.setdefault("state", {}), status, error, detail, index
+    )
+
+
+def error_response(
+    path: str, state: dict, status: int, error: str, detail: str, index: int | None
+) -> JSONResponse:
+    """The error answer (shared with :class:`RequestGuard`, which answers before routing)."""
+    state["error"] = error
+    detail = echo(detail, 2000)
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if status == Overloaded.http_status:
+        headers["Retry-After"] = RETRY_AFTER_S
+    if path.startswith("/v1/"):
         body = {"error": {"message": detail, "type": error, "param": None, "code": index}}
     else:
         body = {"error": error, "detail": detail, "index": index}
@@ -231,11 +278,31 @@ class BodyTooLarge(HTTPException):
 
 
 class RequestGuard:
-    """ASGI middleware: caps the request body and records each request in the metrics."""
+    """ASGI middleware, before any route: API key, body size, in-flight bytes; and the metrics."""
 
-    def __init__(self, app, service: EncodingService) -> None:
+    def __init__(self, app, service: EncodingService, api_key: str | None) -> None:
         self.app, self.service = app, service
+        self.api_key = api_key.encode() if api_key is not None else None
         self.max_bytes = service.settings.max_body_bytes
+        self.max_inflight = service.settings.max_inflight_bytes
+        self.inflight = 0
+
+    def admit(self, scope) -> int:
+        """The body bytes the request reserves; raises why it is refused before its body is read."""
+        headers = dict(scope["headers"])
+        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, b"Bearer " + self.api_key):
+                raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
+        if b"content-length" in headers:
+            reserve = int(headers[b"content-length"])  # the HTTP server has checked it is a number
+            if reserve > self.max_bytes:
+                raise RequestTooLarge(BodyTooLarge(self.max_bytes).detail)
+        else:  # streamed: it may grow to the limit
+            reserve = 0 if scope["method"] in ("GET", "HEAD") else self.max_bytes
+        if self.inflight and self.inflight + reserve > self.max_inflight:  # one request always fits
+            raise Overloaded(f"{self.inflight} request bytes are being handled; retry later")
+        return reserve
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -259,14 +326,19 @@ class RequestGuard:
                 status = message["status"]
             await send(message)
 
+        reserved = 0
         try:
-            declared = int(dict(scope["headers"]).get(b"content-length", b"0"))
-            if declared > self.max_bytes:  # refused before reading a byte of it
-                state["error"] = RequestTooLarge.__name__
-                body = {"error": state["error"], "detail": BodyTooLarge(self.max_bytes).detail, "index": None}
-                await JSONResponse(body, status_code=413)(scope, receive, recording_send)
-            else:
-                await self.app(scope, capped_receive, recording_send)
+            try:
+                reserved = self.admit(scope)
+            except ClipserveError as error:
+                answer = error_response(
+                    scope["path"], state, error.http_status, type(error).__name__, str(error), None
+                )
+                await answer(scope, receive, recording_send)
+                return
+            self.inflight += reserved
+            await self.app(scope, capped_receive, recording_send)
         finally:
+            self.inflight -= reserved
             route = getattr(scope.get("route"), "path", "unmatched")
             self.service.metrics.request(route, status, time.perf_counter() - start, state.get("error"))

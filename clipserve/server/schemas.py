@@ -1,10 +1,14 @@
-"""Request and response bodies (pydantic). Unknown fields are refused."""
+"""Request and response bodies (pydantic). Unknown fields are refused; list lengths are bounded
+by the server's ``max_items``, checked before any item is validated."""
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from clipserve.inputs import Item, wire_item
 
 
 class Strict(BaseModel):
@@ -12,31 +16,60 @@ class Strict(BaseModel):
 
 
 class Input(Strict):
-    """One input: exactly one of ``text`` or ``image`` (base64, a data URI, or a URL if allowed)."""
+    """One input: exactly one of ``text``, ``image`` or ``audio`` (media as base64, a data URI, or a
+    URL when the server allows URLs)."""
 
     text: str | None = None
     image: str | None = None
+    audio: str | None = None
 
     @model_validator(mode="after")
     def one_field(self) -> Input:
-        if (self.text is None) == (self.image is None):
-            raise ValueError("give exactly one of 'text' or 'image'")
+        given = [name for name in ("text", "image", "audio") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'text', 'image' or 'audio'")
         return self
 
+    def item(self, index: int, allow_url: bool) -> Item:
+        modality = "text" if self.text is not None else "image" if self.image is not None else "audio"
+        return wire_item(index, modality, getattr(self, modality), allow_url)
 
-class EncodeRequest(Strict):
-    inputs: list[Input] = Field(min_length=1)
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request bodies of one server, their lists bounded by its ``max_items``."""
+
+    encode: type[BaseModel]
+    rank: type[BaseModel]
+    embeddings: type[BaseModel]
+
+
+def request_models(max_items: int) -> RequestModels:
+    """Request bodies whose lists hold at most ``max_items`` (``rank``: the query and candidates)."""
+
+    class EncodeRequest(Strict):
+        inputs: list[Input] = Field(min_length=1, max_length=max_items)
+
+    class RankRequest(Strict):
+        query: Input
+        candidates: list[Input] = Field(min_length=1, max_length=max(1, max_items - 1))
+
+    class EmbeddingsRequest(Strict):
+        """OpenAI's ``/v1/embeddings`` body; images and audio go in ``input`` as data URIs."""
+
+        input: str | Annotated[list[str], Field(max_length=max_items)]
+        model: str | None = None
+        encoding_format: Literal["float", "base64"] = "float"
+        dimensions: int | None = None
+        user: str | None = None
+
+    return RequestModels(EncodeRequest, RankRequest, EmbeddingsRequest)
 
 
 class EncodeResponse(BaseModel):
     model: str
     dim: int
     embeddings: list[list[float]]
-
-
-class RankRequest(Strict):
-    query: Input
-    candidates: list[Input] = Field(min_length=1)
 
 
 class Match(BaseModel):
@@ -48,16 +81,6 @@ class Match(BaseModel):
 class RankResponse(BaseModel):
     model: str
     matches: list[Match]
-
-
-class EmbeddingsRequest(Strict):
-    """OpenAI's ``/v1/embeddings`` body; images go in ``input`` as data URIs."""
-
-    input: str | list[str]
-    model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
 
 
 class Embedding(BaseModel):

@@ -1,42 +1,50 @@
-"""The request-facing operations over one Encoder: parse inputs, preprocess, batch dynamically."""
+"""The request-facing operations over one Encoder: admit, prepare, batch dynamically, embed.
+
+The steps are the library's own (:class:`clipserve.pipeline.Pipeline`); only their scheduling
+differs: URL fetches run on the fetch pool, decoding on the preparation pool, and prepared items
+of concurrent requests share model calls through one :class:`DynamicBatcher` per modality.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from clipserve.batching import DynamicBatcher
 from clipserve.encoder import Encoder
-from clipserve.errors import InvalidInput, RequestTooLarge, UnknownModel
-from clipserve.inputs import Item, decode_data_uri
+from clipserve.errors import InvalidInput, Overloaded, RequestTooLarge, UnknownModel
+from clipserve.fetch import ByteBudget
+from clipserve.inputs import Item
 from clipserve.server.metrics import Metrics
-from clipserve.server.settings import ServerSettings
+from clipserve.settings import ServerSettings
 from clipserve.zoo import get_spec
 
 INLINE_TEXT_CHARS = 2048
+"""Light items (texts) of a request with at most this many characters are prepared on the event
+loop: faster than a hop to a worker thread and back."""
 
 
 class EncodingService:
-    """Turns request inputs into vectors; concurrent requests share model calls per modality."""
+    """Turns request items into vectors; concurrent requests share model calls per modality."""
 
     def __init__(self, encoder: Encoder, settings: ServerSettings) -> None:
         self.encoder, self.settings = encoder, settings
+        self.pipeline = encoder.pipeline
         self.metrics = Metrics(encoder.info())
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="clipserve-infer")
+        self._inflight_items = 0
         self.batchers = {
             modality: DynamicBatcher(
-                run,
+                lambda batch, modality=modality: self.pipeline.run_batch(modality, batch),
                 self._inference,
-                max_batch_size=settings.max_batch_size,
+                max_batch_size=self.pipeline.batch_size(modality),
                 max_wait_ms=settings.max_wait_ms,
                 max_queue=settings.max_queue,
                 on_batch=lambda size, modality=modality: self.metrics.batch(modality, size),
             )
-            for modality, run in (("text", encoder.embed_token_ids), ("image", encoder.embed_pixels))
+            for modality in self.pipeline.modalities
         }
         for modality, batcher in self.batchers.items():
             self.metrics.watch_queue(modality, lambda batcher=batcher: batcher.depth)
@@ -54,77 +62,72 @@ class EncodingService:
         except UnknownModel:
             return False
 
-    def check_count(self, count: int) -> None:
-        if count > self.settings.max_items:
-            raise RequestTooLarge(f"{count} items in one request; the limit is {self.settings.max_items}")
-
-    def image_item(self, index: int, value: str) -> Item:
-        """An image given as a data URI, an http(s) URL (when allowed) or plain base64."""
-        if value.startswith("data:"):
-            return Item(index, "image", "bytes", decode_data_uri(value, index))
-        if value.startswith(("http://", "https://")):
-            if not self.settings.allow_url:
-                raise InvalidInput(
-                    "URL inputs are disabled on this server (start it with --allow-url)", index
-                )
-            return Item(index, "image", "url", value)
-        try:
-            # whitespace is allowed: `base64` wraps its output at 76 columns by default
-            return Item(index, "image", "bytes", base64.b64decode("".join(value.split()), validate=True))
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidInput(f"image is neither a data URI, a URL nor valid base64: {exc}", index) from exc
+    def check_request(self, items: list[Item]) -> None:
+        """Refuse a request over the item or URL count limits before any work (413)."""
+        if len(items) > self.settings.max_items:
+            raise RequestTooLarge(
+                f"{len(items)} items in one request; the limit is {self.settings.max_items}"
+            )
+        urls = [item for item in items if item.kind == "url"]
+        if len(urls) > self.settings.max_urls:
+            raise RequestTooLarge(
+                f"{len(urls)} URL items in one request; the limit is {self.settings.max_urls}", urls[-1].index
+            )
 
     async def embed(self, items: list[Item]) -> tuple[np.ndarray, int]:
         """Vectors for ``items`` in order, and the number of text tokens they used.
 
-        Raises the :class:`InvalidInput` of the lowest-indexed bad item; nothing of a request with a
-        bad item reaches the model. Callers check the item count (:meth:`check_count`) before
-        building items, so an oversized request costs no decoding.
+        Raises the :class:`InvalidInput` of the lowest-indexed bad item: nothing of a request with
+        a bad item reaches the model.
         """
+        self.check_request(items)
+        if self._inflight_items and self._inflight_items + len(items) > self.settings.max_inflight_items:
+            raise Overloaded(f"{self._inflight_items} items are being handled; retry later")
+        self._inflight_items += len(items)
+        try:
+            payloads = await self._prepare(items)
+            by_modality: dict[str, list[int]] = {}
+            for position, item in enumerate(items):
+                by_modality.setdefault(item.modality, []).append(position)
+            results = await asyncio.gather(
+                *(
+                    self.batchers[modality].submit([payloads[p] for p in positions])
+                    for modality, positions in by_modality.items()
+                )
+            )
+        finally:
+            self._inflight_items -= len(items)
+        vectors = np.empty((len(items), self.pipeline.dim), dtype=np.float32)
+        for positions, rows in zip(by_modality.values(), results, strict=True):
+            vectors[positions] = np.asarray(rows)
+        tokens = sum(len(payloads[p]) for p in by_modality.get("text", []))
+        return vectors, tokens
+
+    async def _prepare(self, items: list[Item]) -> list:
         loop = asyncio.get_running_loop()
-        pool = self.encoder.preprocess_pool
-        texts = [item for item in items if item.modality == "text"]
-        images = [item for item in items if item.modality == "image"]
-        # A few short texts tokenise faster than a hop to a worker thread and back.
-        short = sum(len(item.value) for item in texts) <= INLINE_TEXT_CHARS
-        tokens = (
-            _run_inline(self._token_ids, texts)
-            if short
-            else loop.run_in_executor(pool, self._token_ids, texts)
-        )
-        prepared = await asyncio.gather(
-            tokens,
-            *(loop.run_in_executor(pool, self.encoder.prepare_image, item) for item in images),
-            return_exceptions=True,
-        )
-        failures = [r for r in prepared if isinstance(r, BaseException)]
+        pipeline = self.pipeline
+        budget = ByteBudget(self.settings.max_request_fetch_bytes)
+
+        light_chars = sum(len(item.value) for item in items if item.kind == "text")
+        inline = light_chars <= INLINE_TEXT_CHARS
+
+        async def fetched(item: Item) -> Item:
+            if item.kind != "url":
+                return item
+            return await loop.run_in_executor(pipeline.fetch_pool, pipeline.resolve, item, budget)
+
+        async def prepared(item: Item):
+            item = await fetched(item)
+            tower = pipeline.tower(item)
+            if not tower.heavy and inline:
+                return pipeline.prepare(item)
+            return await loop.run_in_executor(pipeline.prepare_pool, pipeline.prepare, item)
+
+        outcomes = await asyncio.gather(*(prepared(item) for item in items), return_exceptions=True)
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
-            invalid = [f for f in failures if isinstance(f, InvalidInput)]
-            if len(invalid) < len(failures):
-                raise next(f for f in failures if not isinstance(f, InvalidInput))
-            raise min(invalid, key=lambda e: e.index if e.index is not None else -1)
-        token_ids, pixels = prepared[0], prepared[1:]
-        text_rows, image_rows = await asyncio.gather(
-            self.batchers["text"].submit(token_ids) if token_ids else _nothing(),
-            self.batchers["image"].submit(pixels) if pixels else _nothing(),
-        )
-        vectors = np.empty((len(items), self.encoder.dim), dtype=np.float32)
-        for item, row in zip(texts, text_rows, strict=True):
-            vectors[item.index] = row
-        for item, row in zip(images, image_rows, strict=True):
-            vectors[item.index] = row
-        return vectors, sum(len(ids) for ids in token_ids)
-
-    def _token_ids(self, texts: list[Item]) -> list[list[int]]:
-        token_ids, _, errors = self.encoder.tokenize(texts)
-        if errors:
-            raise errors[0]
-        return token_ids
-
-
-async def _nothing() -> list:
-    return []
-
-
-async def _run_inline(function, *args):
-    return function(*args)
+            expected = [f for f in failures if isinstance(f, InvalidInput | RequestTooLarge)]
+            if len(expected) < len(failures):
+                raise next(f for f in failures if not isinstance(f, InvalidInput | RequestTooLarge))
+            raise min(expected, key=lambda e: e.index if e.index is not None else -1)
+        return outcomes

@@ -1,0 +1,194 @@
+"""The one encode pipeline: items → prepared payloads per modality → batches → normalised vectors.
+
+Every face runs these steps. :meth:`Pipeline.encode` runs them synchronously for the library and
+the CLI (preparation of later batches overlapped with inference); the server runs the same
+:meth:`~Pipeline.resolve`, :meth:`~Pipeline.prepare` and :meth:`~Pipeline.run_batch` through its
+dynamic batchers. The error rule is shared too: the error reported is that of the lowest-indexed
+bad item, and every item before it was prepared without error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from clipserve.batching import by_cost, chunks, prefetched
+from clipserve.errors import InvalidInput
+from clipserve.families.base import Model, Tower
+from clipserve.fetch import ByteBudget, fetch_url
+from clipserve.inputs import Item, decode_base64, decode_data_uri, sniff_bytes
+from clipserve.resources import available_cpus
+from clipserve.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+FETCH_THREADS = 8
+"""URL fetches wait on the network, not the CPU: a pool of their own keeps them off the decoders."""
+
+
+class Pipeline:
+    """Runs items through one model's towers; owns the preparation and fetch thread pools."""
+
+    def __init__(self, model: Model, settings: EngineSettings) -> None:
+        self.model = model
+        self.settings = settings
+        self.dim = model.spec.dim
+        workers = settings.num_workers or available_cpus()
+        self.prepare_pool = ThreadPoolExecutor(workers, thread_name_prefix="clipserve-prepare")
+        self.fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="clipserve-fetch")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.model.towers)
+
+    def close(self) -> None:
+        self.prepare_pool.shutdown(wait=True, cancel_futures=True)
+        self.fetch_pool.shutdown(wait=True, cancel_futures=True)
+        self.model.close()
+
+    # -- steps (shared by every face) ---------------------------------------------------------------
+
+    def tower(self, item: Item) -> Tower:
+        """The tower of the item's modality, or :class:`InvalidInput` when the model has none."""
+        tower = self.model.towers.get(item.modality)
+        if tower is None:
+            raise InvalidInput(
+                f"{self.model.spec.name} does not embed {item.modality} "
+                f"(it embeds {', '.join(self.model.towers)})",
+                item.index,
+            )
+        return tower
+
+    def resolve(self, item: Item, budget: ByteBudget | None = None) -> Item:
+        """The item with a URL fetched and base64 or a data URI decoded into bytes (on a worker)."""
+        if item.kind == "url":
+            if not self.settings.allow_url:
+                raise InvalidInput("URL inputs are not allowed (allow_url)", item.index)
+            data = fetch_url(
+                item.value,
+                item.index,
+                self.settings.allow_private_urls,
+                self.settings.fetch_timeout_s,
+                self.settings.max_fetch_bytes,
+                budget,
+            )
+        elif item.kind == "base64":
+            problem = f"the {item.modality} is neither a data URI, a URL nor valid base64"
+            data = decode_base64(item.value, item.index, problem)
+        elif item.kind == "data_uri":
+            data = decode_data_uri(item.value, item.index)
+        else:
+            return item
+        modality = sniff_bytes(data[:16]) if item.kind == "url" else item.modality
+        return Item(item.index, modality, "bytes", data)
+
+    def prepare(self, item: Item, budget: ByteBudget | None = None) -> Any:
+        """Resolve the item's source and prepare it for its tower (on a worker for heavy towers)."""
+        resolved = self.resolve(item, budget)
+        return self.tower(resolved).prepare(resolved)
+
+    def batch_size(self, modality: str) -> int:
+        """Most items of ``modality`` in one model call: the setting, capped by the tower."""
+        cap = self.model.towers[modality].max_batch
+        return min(self.settings.batch_size, cap) if cap else self.settings.batch_size
+
+    def run_batch(self, modality: str, payloads: Sequence[Any]) -> np.ndarray:
+        """One model call on prepared payloads of one modality → L2-normalised float32 rows."""
+        return normalise(self.model.towers[modality].run(payloads))
+
+    # -- the synchronous run ------------------------------------------------------------------------
+
+    def encode(self, items: list[Item], stop_on_error: bool) -> tuple[np.ndarray, list[InvalidInput]]:
+        """Vectors of ``items`` (rows in item order) and the errors of the bad ones.
+
+        Light towers (text) prepare inline, heavy ones (images) on the worker pool a few batches
+        ahead of inference. With ``stop_on_error`` the work stops past the first bad item in input
+        order, and no batch runs once an error is known.
+        """
+        vectors = np.zeros((len(items), self.dim), dtype=np.float32)
+        errors: list[InvalidInput] = []
+        by_modality: dict[str, list[tuple[int, Item]]] = {}
+        for row, item in enumerate(items):
+            try:
+                self.tower(item)
+            except InvalidInput as exc:
+                errors.append(exc)
+                continue
+            by_modality.setdefault(item.modality, []).append((row, item))
+
+        light = {m: entries for m, entries in by_modality.items() if not self.model.towers[m].heavy}
+        prepared_light = {m: self._prepare_inline(entries, errors) for m, entries in light.items()}
+        for modality, entries in by_modality.items():
+            if modality not in light:
+                self._encode_heavy(modality, entries, vectors, errors, stop_on_error)
+        if not (errors and stop_on_error):
+            for modality, prepared in prepared_light.items():
+                self._run_grouped(modality, prepared, vectors)
+        return vectors, sorted(errors, key=lambda e: e.index if e.index is not None else -1)
+
+    def _prepare_inline(
+        self, entries: list[tuple[int, Item]], errors: list[InvalidInput]
+    ) -> list[tuple[int, Any]]:
+        prepared = []
+        for row, item in entries:
+            try:
+                prepared.append((row, self.prepare(item)))
+            except InvalidInput as exc:
+                errors.append(exc)
+        return prepared
+
+    def _run_grouped(self, modality: str, prepared: list[tuple[int, Any]], out: np.ndarray) -> None:
+        tower = self.model.towers[modality]
+        size = self.batch_size(modality)
+        if tower.cost is not None:  # similar costs together: little padding, same vectors
+            batches = by_cost([tower.cost(payload) for _, payload in prepared], size)
+        else:
+            batches = chunks(range(len(prepared)), size)
+        for batch in batches:
+            rows = [prepared[p][0] for p in batch]
+            out[rows] = self.run_batch(modality, [prepared[p][1] for p in batch])
+
+    def _encode_heavy(
+        self,
+        modality: str,
+        entries: list[tuple[int, Item]],
+        out: np.ndarray,
+        errors: list[InvalidInput],
+        stop_on_error: bool,
+    ) -> None:
+        def cutoff() -> float:
+            return min((e.index for e in errors if e.index is not None), default=math.inf)
+
+        def prepare(entry: tuple[int, Item]) -> Any:
+            return self.prepare(entry[1])
+
+        if stop_on_error:  # items past a known error need no work
+            entries = [(row, item) for row, item in entries if item.index < cutoff()]
+        batches = chunks(entries, self.batch_size(modality))
+        for batch, results in prefetched(batches, prepare, self.prepare_pool):
+            ok = []
+            for (row, item), result in zip(batch, results, strict=True):
+                if isinstance(result, InvalidInput):
+                    errors.append(result)
+                elif isinstance(result, Exception):
+                    raise result
+                elif not (stop_on_error and item.index > cutoff()):
+                    ok.append((row, result))
+            if stop_on_error and errors:
+                if all(item.index > cutoff() for _, item in batch):
+                    return
+                continue
+            if ok:
+                out[[row for row, _ in ok]] = self.run_batch(modality, [payload for _, payload in ok])
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, float32."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)

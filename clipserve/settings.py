@@ -1,0 +1,208 @@
+"""Every setting of clipserve, declared once: a name, a default and a help text.
+
+:class:`EngineSettings` is what an :class:`~clipserve.encoder.Encoder` takes; :class:`ServerSettings`
+adds what the HTTP service needs. From these two declarations come the ``Encoder(...)`` keyword
+arguments, the ``clipserve`` command-line flags, the ``CLIPSERVE_<NAME>`` environment variables and
+the keys of the server's YAML file. Precedence, lowest first: default, YAML file (server), variable,
+explicit argument or flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from clipserve.zoo import DEFAULT_MODEL
+
+ENV_PREFIX = "CLIPSERVE_"
+
+
+def setting(default: Any, help: str, *, flag: bool = True, repeat: bool = False) -> Any:
+    """A dataclass field with its help text. ``flag=False`` keeps a secret off the command line
+    (``ps`` shows arguments); ``repeat`` makes the flag repeatable (a list)."""
+    factory = (lambda: list(default)) if isinstance(default, list) else None
+    meta = {"help": help, "flag": flag, "repeat": repeat}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class EngineSettings:
+    """What to run and the limits on what it accepts; the arguments of ``Encoder``."""
+
+    model: str = setting(DEFAULT_MODEL, "zoo name ARCH::TAG (`clipserve models` lists them)")
+    backend: str = setting("onnx", "onnx (ONNX Runtime; no torch needed once exported) or torch")
+    device: str = setting("cpu", "cpu, cuda[:N] or tensorrt[:N] (onnx); a missing one is an error")
+    precision: str = setting("fp32", "fp32 (exact); int8 (onnx, cpu); fp16 (torch, cuda)")
+    weights: str | None = setting(None, "checkpoint file or exported ONNX directory (else cache, then hub)")
+    cache_dir: str | None = setting(None, "download and export cache (default ~/.cache/clipserve)")
+    cache_max_gb: float | None = setting(
+        None, "evict the least recently used downloads and exports beyond this size (default: no cap)"
+    )
+    batch_size: int = setting(32, "most items in one model call")
+    num_workers: int | None = setting(
+        None, "threads decoding images (default: the CPUs this process may use)"
+    )
+    allow_url: bool = setting(False, "fetch http(s) image URLs (public addresses only)")
+    allow_private_urls: bool = setting(
+        False, "also fetch from loopback, private and link-local addresses (trusted networks only)"
+    )
+    fetch_timeout_s: float = setting(10.0, "longest time one URL fetch may take, headers included")
+    max_fetch_mb: float = setting(32.0, "largest body one URL fetch may download")
+    max_pixels: int = setting(50_000_000, "largest image in pixels, checked before decoding")
+    max_aspect_ratio: float = setting(
+        100.0, "most extreme image side ratio (a 1 x 10,000,000 strip is refused, not resized)"
+    )
+    max_text_chars: int = setting(16_384, "longest text in characters")
+
+    @property
+    def max_fetch_bytes(self) -> int:
+        return int(self.max_fetch_mb * 1024 * 1024)
+
+    def engine(self) -> EngineSettings:
+        """The engine part alone (what an ``Encoder`` takes)."""
+        return EngineSettings(**{f.name: getattr(self, f.name) for f in fields(EngineSettings)})
+
+
+@dataclass
+class ServerSettings(EngineSettings):
+    """Everything ``clipserve serve`` can be told."""
+
+    host: str = setting("127.0.0.1", "address to bind (loopback by default)")
+    port: int = setting(51000, "port to bind")
+    api_key: str | None = setting(
+        None,
+        "require 'Authorization: Bearer KEY' (all routes but /healthz and the docs); from "
+        "CLIPSERVE_API_KEY or the YAML file only, never a flag: `ps` shows flags",
+        flag=False,
+    )
+    api_key_file: str | None = setting(None, "file holding the API key (first line)")
+    max_wait_ms: float = setting(5.0, "longest wait for more items before a batch runs")
+    max_queue: int = setting(512, "most items waiting for a batch; beyond it 503 + Retry-After")
+    max_body_mb: float = setting(16.0, "largest request body (413 beyond)")
+    max_items: int = setting(1024, "most items in one request (413 beyond)")
+    max_urls: int = setting(16, "most URL items in one request (413 beyond)")
+    max_request_fetch_mb: float = setting(64.0, "most bytes the URL items of one request may download")
+    max_inflight_items: int = setting(
+        2048, "most items being prepared or embedded at once; beyond it 503 + Retry-After"
+    )
+    max_inflight_mb: float = setting(
+        128.0, "most request-body bytes being handled at once; beyond it 503 + Retry-After"
+    )
+    ssl_certfile: str | None = setting(None, "TLS certificate (PEM) to serve HTTPS")
+    ssl_keyfile: str | None = setting(None, "TLS private key (PEM)")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return int(self.max_inflight_mb * 1024 * 1024)
+
+    @property
+    def max_request_fetch_bytes(self) -> int:
+        return int(self.max_request_fetch_mb * 1024 * 1024)
+
+    def resolved_api_key(self) -> str | None:
+        """The API key from ``api_key`` or ``api_key_file`` (not both)."""
+        if self.api_key_file is None:
+            return self.api_key
+        if self.api_key is not None:
+            raise ValueError("give the API key once: api_key or api_key_file, not both")
+        key = Path(self.api_key_file).expanduser().read_text().strip().splitlines()
+        if not key or not key[0]:
+            raise ValueError(f"the API key file {self.api_key_file} is empty")
+        return key[0]
+
+
+S = typing.TypeVar("S", bound=EngineSettings)
+
+
+def help_text(kind: type[EngineSettings], name: str) -> str:
+    return next(f.metadata["help"] for f in fields(kind) if f.name == name)
+
+
+def value_type(kind: type[EngineSettings], name: str) -> type:
+    """The plain type of a setting (``int`` for ``int | None``, ``str`` for a list of str)."""
+    hints = typing.get_type_hints(kind)
+    hint = hints[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is list or (args and typing.get_origin(args[0]) is list):
+        return str
+    return args[0] if args else hint
+
+
+def convert(kind: type[EngineSettings], name: str, value: Any) -> Any:
+    """``value`` (often a string from a variable) as the setting's type."""
+    target = value_type(kind, name)
+    if value is None or (isinstance(value, target) and not (target is int and isinstance(value, bool))):
+        return value
+    if target is bool:
+        text = str(value).strip().lower()
+        if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return text in ("1", "true", "yes", "on")
+    try:
+        return target(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be {target.__name__}, got {value!r}") from exc
+
+
+def check_names(kind: type[EngineSettings], names: typing.Iterable[str], where: str) -> None:
+    """Refuse unknown setting names, suggesting close ones."""
+    known = [f.name for f in fields(kind)]
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=2)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise TypeError(f"unknown setting {name!r} in {where}{hint}")
+
+
+def from_environment(kind: type[EngineSettings]) -> dict[str, Any]:
+    """The ``CLIPSERVE_<NAME>`` variables that are set, converted."""
+    values = {}
+    for f in fields(kind):
+        variable = ENV_PREFIX + f.name.upper()
+        if variable in os.environ:
+            values[f.name] = convert(kind, f.name, os.environ[variable])
+    return values
+
+
+def resolve(kind: type[S], config: str | Path | None = None, **explicit: Any) -> S:
+    """Defaults, then the YAML ``config`` file, then ``CLIPSERVE_*`` variables, then ``explicit``
+    (arguments or flags; ``None`` means not given)."""
+    check_names(kind, explicit, "arguments")
+    values: dict[str, Any] = {}
+    if config is not None:
+        import yaml
+
+        data = yaml.safe_load(Path(config).read_text()) or {}
+        try:
+            check_names(kind, data, str(config))
+        except TypeError as exc:
+            raise ValueError(str(exc)) from exc
+        values.update({name: convert(kind, name, value) for name, value in data.items()})
+    values.update(from_environment(kind))
+    values.update({name: convert(kind, name, v) for name, v in explicit.items() if v is not None})
+    return kind(**values)
+
+
+def replace(settings: S, **changes: Any) -> S:
+    """A copy with ``changes`` applied (``None`` values ignored)."""
+    return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+
+
+def options_doc(kind: type[EngineSettings]) -> str:
+    """One line per setting: ``name (default): help``, for docstrings."""
+    return "\n".join(f"    {f.name} ({_default(f)!r}): {f.metadata['help']}" for f in fields(kind))
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default

@@ -1,0 +1,70 @@
+"""One declaration of settings: library arguments, variables, YAML and flags agree."""
+
+import pytest
+
+from clipserve.cli import build_parser, given_settings
+from clipserve.settings import EngineSettings, ServerSettings, resolve
+
+
+def test_defaults_are_loopback_and_fp32() -> None:
+    settings = ServerSettings()
+    assert (settings.host, settings.port, settings.precision, settings.api_key) == (
+        "127.0.0.1",
+        51000,
+        "fp32",
+        None,
+    )
+
+
+def test_file_then_environment_then_flags(tmp_path, monkeypatch) -> None:
+    config = tmp_path / "clipserve.yaml"
+    config.write_text("port: 8000\nbatch_size: 8\nallow_url: true\nmodel: RN50::openai\n")
+    monkeypatch.setenv("CLIPSERVE_PORT", "9000")
+    monkeypatch.setenv("CLIPSERVE_PRECISION", "int8")
+    monkeypatch.setenv("CLIPSERVE_MAX_WAIT_MS", "2.5")
+    settings = resolve(ServerSettings, config, port=9100, api_key=None)
+    assert settings.port == 9100  # flag over variable over file
+    assert settings.precision == "int8" and settings.max_wait_ms == 2.5  # variables
+    assert settings.batch_size == 8 and settings.allow_url is True and settings.model == "RN50::openai"
+    assert settings.api_key is None
+
+
+def test_the_library_reads_the_same_variables(monkeypatch) -> None:
+    monkeypatch.setenv("CLIPSERVE_CACHE_DIR", "/somewhere")
+    monkeypatch.setenv("CLIPSERVE_ALLOW_URL", "yes")
+    settings = resolve(EngineSettings, model="RN50::openai", max_pixels=1000)
+    assert (settings.cache_dir, settings.allow_url, settings.max_pixels) == ("/somewhere", True, 1000)
+    monkeypatch.setenv("CLIPSERVE_MAX_PIXELS", "many")
+    with pytest.raises(ValueError, match="max_pixels must be int, got 'many'"):
+        resolve(EngineSettings)
+
+
+def test_unknown_names_are_refused_with_a_suggestion(tmp_path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("prot: 8000\n")
+    with pytest.raises(ValueError, match=r"unknown setting 'prot' in .*bad.yaml \(did you mean port\?\)"):
+        resolve(ServerSettings, config)
+    with pytest.raises(
+        TypeError, match=r"unknown setting 'max_pixel' in arguments \(did you mean max_pixels"
+    ):
+        resolve(EngineSettings, max_pixel=3)
+
+
+def test_serve_flags_mirror_every_setting_but_the_secret() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--port", "1234", "--allow-url", "--max-wait-ms", "7.5"])
+    assert (args.port, args.allow_url, args.max_wait_ms, args.model) == (1234, True, 7.5, None)
+    settings = resolve(ServerSettings, None, **given_settings(args, ServerSettings))
+    assert (settings.port, settings.allow_url, settings.max_wait_ms) == (1234, True, 7.5)
+    assert not hasattr(args, "api_key") and hasattr(args, "api_key_file")  # `ps` would show a key flag
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--api-key", "visible-in-ps"])
+    assert parser.parse_args(["serve", "--no-allow-url"]).allow_url is False
+
+
+def test_api_key_from_a_file(tmp_path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret\n")
+    assert ServerSettings(api_key_file=str(key_file)).resolved_api_key() == "s3cret"
+    with pytest.raises(ValueError, match="not both"):
+        ServerSettings(api_key="a", api_key_file=str(key_file)).resolved_api_key()
