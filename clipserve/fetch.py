@@ -236,7 +236,11 @@ def fetch_url(
     with the other URLs of a request.
     """
     shown = echo(url)
-    if urllib.parse.urlsplit(url).scheme.lower() not in FETCHED_SCHEMES:
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise InvalidInput(f"malformed URL {shown}: {exc}", index) from exc
+    if scheme not in FETCHED_SCHEMES:
         raise InvalidInput(f"only http(s) URLs are fetched, not {shown}", index)
     deadline = _Deadline(timeout_s)
     try:

@@ -173,6 +173,12 @@ def test_size_caps_per_url_and_per_request(loopback_files) -> None:
         fetch_url(f"{base}/big", index=1, allow_private=True, budget=budget)
 
 
+@pytest.mark.parametrize("url", ["http://[::1/x.png", "http://127.0.0.1:99999/x.png", "http:///x.png"])
+def test_malformed_urls_are_invalid_input(url) -> None:
+    with pytest.raises(InvalidInput, match="item 0: "):
+        fetch_url(url, index=0, allow_private=True, timeout_s=2)
+
+
 def test_echoed_urls_are_made_safe() -> None:
     with pytest.raises(InvalidInput) as info:
         fetch_url("gopher://192.0.2.1/\ud800" + "x" * 500)

@@ -162,11 +162,32 @@ def test_the_key_is_checked_before_the_body_is_read(server) -> None:
 
 def test_item_counts_are_checked_before_items_are_validated(server) -> None:
     url, _ = server
-    start = time.monotonic()
-    response = post(f"{url}/encode", {"inputs": [{}] * 200_000})
-    assert response.status_code == 413 and time.monotonic() - start < 5
-    assert response.json()["detail"] == "inputs holds 200000 items; the limit is 64"
+    response = post(f"{url}/encode", {"inputs": [{"colour": "red"}] * 65})
+    assert (
+        response.status_code == 413 and response.json()["detail"] == "inputs holds 65 items; the limit is 64"
+    )
     assert post(f"{url}/v1/embeddings", {"input": ["a"] * 65}).status_code == 413
+
+
+def test_bodies_of_millions_of_tiny_values_are_refused_before_parsing(server, monkeypatch) -> None:
+    from clipserve.server import app as app_module
+
+    url, _ = server
+    parsed = []
+    monkeypatch.setattr(app_module.orjson, "loads", lambda body: parsed.append(body) or {})
+    start = time.monotonic()
+    for body in (
+        b'{"inputs": [' + b"{}," * 2_000_000 + b"{}]}",
+        b'{"input": [' + b'"a",' * 2_000_000 + b'"a"]}',
+    ):
+        response = httpx.post(
+            f"{url}/encode", content=body, headers={**AUTH, "Content-Type": "application/json"}
+        )
+        assert response.status_code == 413 and "more JSON values than 320" in response.json()["detail"]
+    assert time.monotonic() - start < 5 and not parsed
+    monkeypatch.undo()
+    commas_in_text = {"inputs": [{"text": ",{[:" * 2000}, {"text": "b"}]}  # structure inside strings is not
+    assert post(f"{url}/encode", commas_in_text).status_code == 200
 
 
 def test_too_many_urls_in_one_request(server) -> None:

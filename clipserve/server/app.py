@@ -14,6 +14,7 @@ import hmac
 import io
 import itertools
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -50,6 +51,8 @@ OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redi
 INLINE_JSON_BYTES = 64 * 1024
 """Bodies up to this size are parsed on the event loop (faster than a thread hop); larger ones off it."""
 RETRY_AFTER_S = "1"
+JSON_VALUES_PER_ITEM = 4
+"""An item is an object with one key, and a comma: 3 structural characters; 4 leaves slack."""
 
 
 def build_encoder(settings: ServerSettings) -> Encoder:
@@ -79,6 +82,7 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
     )
     app.router.route_class = OffLoopJSONRoute
     app.state.service = service
+    app.state.max_json_values = JSON_VALUES_PER_ITEM * settings.max_items + 64
     app.add_middleware(RequestGuard, service=service, api_key=api_key)
 
     @app.exception_handler(ClipserveError)
@@ -120,8 +124,8 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
     @app.post("/rank", response_model=schemas.RankResponse)
     async def rank(body: bodies.rank) -> schemas.RankResponse:
         """Candidates sorted by clip_score: softmax over them of logit_scale × cosine to the query."""
-        items = items_of([body.query, *body.candidates])
         try:
+            items = items_of([body.query, *body.candidates])
             vectors, _ = await service.embed(items)
         except InvalidInput as exc:
             if exc.index == 0:
@@ -212,16 +216,46 @@ def describe_validation_error(first: dict) -> tuple[int, str, str, int | None]:
     return 422, "InvalidRequest", f"{where}: {echo(first['msg'], 300)}", index
 
 
+JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+STRUCTURAL = (b"{", b"[", b",", b":")
+
+
+def check_json_values(body: bytes, limit: int) -> None:
+    """Refuse a body that would parse into more than about ``limit`` JSON values, before parsing it.
+
+    Parsing materialises every value: 16 MB of ``{},{},…`` are 5 million dicts and ~1.4 GB. The
+    structural characters outside strings bound the number of values; counting them costs little,
+    and strings are only stripped (a regular expression) when the quick count over the whole body
+    is already over the limit.
+    """
+
+    def count(data: bytes) -> int:
+        return sum(data.count(c) for c in STRUCTURAL)
+
+    if count(body) > limit and count(JSON_STRING.sub(b"", body)) > limit:
+        # an HTTPException: FastAPI turns any other error raised while parsing a body into a 400
+        raise HTTPException(
+            413, f"the body holds more JSON values than {limit}, more than the item limit allows"
+        )
+
+
+def parse_json(body: bytes, limit: int):
+    check_json_values(body, limit)
+    return orjson.loads(body)
+
+
 class OffLoopJSONRequest(Request):
-    """Parses a large JSON body on a worker thread with orjson, so the event loop keeps serving."""
+    """Parses a large JSON body on a worker thread with orjson, so the event loop keeps serving,
+    after a bound on the number of values it holds (``app.state.max_json_values``)."""
 
     async def json(self):
         if not hasattr(self, "_json"):
             body = await self.body()
+            limit = self.app.state.max_json_values
             self._json = (
-                orjson.loads(body)
+                parse_json(body, limit)
                 if len(body) <= INLINE_JSON_BYTES
-                else await run_in_threadpool(orjson.loads, body)
+                else await run_in_threadpool(parse_json, body, limit)
             )
         return self._json
 
