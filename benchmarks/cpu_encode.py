@@ -42,6 +42,7 @@ from photos import jpeg_photos
 from PIL import Image
 
 from clipserve.encoder import Encoder
+from clipserve.preprocess.image import ImagePreprocessor
 from clipserve.preprocess.text import END_TOKEN, START_TOKEN, clip_vocab
 from clipserve.zoo import ModelSpec, get_spec
 
@@ -248,11 +249,12 @@ def make_pipelines(spec: ModelSpec, workdir: Path, batch: int) -> list[Pipeline]
 def model_only(spec: ModelSpec, workdir: Path, precision: str, batch: int) -> float:
     """ONNX image tower alone on preprocessed pixels, images/s (for the end-to-end ratio)."""
     encoder = Encoder(spec.name, weights=workdir / f"{spec.arch}.pt", cache_dir=workdir, precision=precision)
-    pixels = np.stack([encoder.image_preprocessor(Image.open(io.BytesIO(b))) for b in jpeg_photos(batch)])
-    encoder.backend.encode_image(pixels)
+    preprocess, backend = ImagePreprocessor(spec), encoder.pipeline.model.backend
+    pixels = np.stack([preprocess(Image.open(io.BytesIO(b))) for b in jpeg_photos(batch)])
+    backend.encode_image(pixels)
     start, rounds = time.perf_counter(), 4
     for _ in range(rounds):
-        encoder.backend.encode_image(pixels)
+        backend.encode_image(pixels)
     encoder.close()
     return rounds * batch / (time.perf_counter() - start)
 

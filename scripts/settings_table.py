@@ -1,0 +1,36 @@
+"""Print the README's settings tables from the settings declaration (``clipserve/settings.py``).
+
+Usage: ``python scripts/settings_table.py`` (paste the output into the README's settings section).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from clipserve.settings import ENV_PREFIX, EngineSettings, ServerSettings
+
+
+def rows(kind: type[EngineSettings], skip: set[str]) -> list[str]:
+    out = []
+    for f in dataclasses.fields(kind):
+        if f.name in skip:
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        flag = f"`--{f.name.replace('_', '-')}`" if f.metadata["flag"] else "(no flag)"
+        out.append(
+            f"| `{f.name}` | {flag} | `{ENV_PREFIX}{f.name.upper()}` | {default} | {f.metadata['help']} |"
+        )
+    return out
+
+
+def main() -> None:
+    header = ["| setting | flag | variable | default | meaning |", "| --- | --- | --- | --- | --- |"]
+    engine = {f.name for f in dataclasses.fields(EngineSettings)}
+    print("Library, CLI and server:\n")
+    print("\n".join(header + rows(EngineSettings, set())))
+    print("\nServer only:\n")
+    print("\n".join(header + rows(ServerSettings, engine)))
+
+
+if __name__ == "__main__":
+    main()
