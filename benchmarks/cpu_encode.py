@@ -15,6 +15,7 @@ measures, pipeline by pipeline:
 and prints markdown tables with the ratio to open_clip, and the issue's targets met or not.
 
     python benchmarks/cpu_encode.py [--models ViT-B-32::openai RN50::openai] [--images 256]
+    python benchmarks/cpu_encode.py --families   # M-CLIP and SigLIP text (benchmarks/text_families.py)
 """
 
 from __future__ import annotations
@@ -361,7 +362,15 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=512, help="captions of 3 to 20 words")
     parser.add_argument("--long-texts", type=int, default=128, help="texts of 70 to 120 words")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--families", action="store_true", help="the text speed of M-CLIP and SigLIP against their references"
+    )
     args = parser.parse_args()
+    if args.families:
+        from text_families import run
+
+        run(args.texts, args.batch_size)
+        return
     print(
         f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "

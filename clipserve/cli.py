@@ -25,7 +25,6 @@ from clipserve.settings import EngineSettings, ServerSettings
 from clipserve.zoo import list_models
 
 CHUNK_BATCHES = 8
-GRACEFUL_SHUTDOWN_S = 30
 
 
 def add_setting_flags(
@@ -59,13 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what runs (INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    models = commands.add_parser("models", allow_abbrev=False, help="list the model zoo")
-    models.add_argument("--all", action="store_true", help="include models this release cannot run")
+    commands.add_parser("models", allow_abbrev=False, help="list the model zoo")
 
     export = commands.add_parser(
         "export", allow_abbrev=False, help="export a checkpoint to ONNX (needs the torch extra)"
     )
-    add_setting_flags(export, EngineSettings, only=("model", "weights", "cache_dir"))
+    add_setting_flags(
+        export, EngineSettings, only=("model", "weights", "tokenizer", "image_weights", "cache_dir")
+    )
     export.add_argument("--output", type=Path, help="directory to write (default: the cache)")
     export.add_argument("--precision", default=None, choices=tuple(PRECISION_DEVICES["onnx"]))
 
@@ -116,17 +116,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    rows = [spec for spec in list_models() if args.all or spec.backends]
-    width = max(len(spec.name) for spec in rows)
-    print(f"{'name':<{width}}  {'dim':>5}  {'image':>7}  {'backends':<10}  licence")
-    for spec in rows:
-        size = (
-            f"{spec.image_size[0]}"
-            if spec.image_size[0] == spec.image_size[1]
-            else "x".join(map(str, spec.image_size))
-        )
-        backends = ",".join(spec.backends) or "-"
-        print(f"{spec.name:<{width}}  {spec.dim:>5}  {size:>7}  {backends:<10}  {spec.licence}")
+    specs = list_models()
+    columns = [
+        ("name", lambda s: s.name),
+        ("family", lambda s: s.family),
+        ("dim", lambda s: str(s.dim)),
+        ("image", lambda s: "x".join(dict.fromkeys(map(str, s.image_size)))),
+        ("tokenizer", lambda s: s.tokenizer),
+        ("licence", lambda s: s.licence),
+    ]
+    cells = [[value(spec) for _, value in columns] for spec in specs]
+    widths = [max(len(title), *(len(row[i]) for row in cells)) for i, (title, _) in enumerate(columns)]
+    for row in [[title for title, _ in columns], *cells]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     print(
         "\nprecisions: "
         + "; ".join(
@@ -138,45 +140,32 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from clipserve.backends.export import export_onnx
-    from clipserve.backends.factory import onnx_model_dir
-    from clipserve.backends.precision import derive_int8
-    from clipserve.weights import cache_dir, explicit_weights, find_checkpoint
-    from clipserve.zoo import get_spec
+    """Export (or find in the cache) the ONNX graphs of a model; with ``--output``, copy them there."""
+    import shutil
+
+    from clipserve.encoder import Encoder
 
     settings = config.resolve(EngineSettings, **given_settings(args, EngineSettings))
-    spec = get_spec(settings.model)
-    cache = cache_dir(settings.cache_dir)
-    explicit = explicit_weights(spec, settings.weights) if settings.weights else None
-    if args.output is None:
-        print(onnx_model_dir(spec, explicit, cache, settings.precision))
-        return 0
-    if settings.precision == "fp32":
-        print(export_onnx(spec, explicit or find_checkpoint(spec, cache), args.output))
-    else:
-        print(derive_int8(onnx_model_dir(spec, explicit, cache), args.output))
+    with Encoder(settings=config.replace(settings, backend="onnx")) as encoder:
+        info = encoder.info()
+    exports = {key: Path(str(info[key])) for key in ("weights", "text_weights") if key in info}
+    for key, path in exports.items():
+        if args.output is not None:  # two exports (M-CLIP: image, text) go into subdirectories
+            target = (
+                args.output
+                if len(exports) == 1
+                else args.output / ("text" if key == "text_weights" else "image")
+            )
+            shutil.copytree(path, target, dirs_exist_ok=True)
+            path = target
+        print(path)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from clipserve.server.run import serve
 
-    from clipserve.resources import limit_malloc_arenas
-    from clipserve.server.app import create_app
-
-    limit_malloc_arenas()  # before the model and the server start their threads
-
-    settings = config.resolve(ServerSettings, args.config, **given_settings(args, ServerSettings))
-    app = create_app(settings)  # loads the model now: a bad model or weights fails before binding
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        ssl_certfile=settings.ssl_certfile,
-        ssl_keyfile=settings.ssl_keyfile,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        log_level="info" if args.verbose else "warning",
-    )
+    serve(config.resolve(ServerSettings, args.config, **given_settings(args, ServerSettings)), args.verbose)
     return 0
 
 

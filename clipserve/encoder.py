@@ -13,7 +13,7 @@ from clipserve.families import load_model
 from clipserve.inputs import Item, to_item
 from clipserve.pipeline import Pipeline
 from clipserve.settings import EngineSettings, options_doc, resolve
-from clipserve.zoo import get_spec
+from clipserve.zoo import ModelSpec, get_spec
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,12 @@ class Encoder:
         if settings.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {settings.batch_size}")
         self.settings = settings
-        self.spec = get_spec(settings.model)
-        self.pipeline = Pipeline(load_model(self.spec, settings, spin), settings)
+        self.pipeline = Pipeline(load_model(get_spec(settings.model), settings, spin), settings)
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's spec (a model directory given as weights may refine the zoo entry's)."""
+        return self.pipeline.model.spec
 
     @property
     def dim(self) -> int:

@@ -40,7 +40,17 @@ class EngineSettings:
     backend: str = setting("onnx", "onnx (ONNX Runtime; no torch needed once exported) or torch")
     device: str = setting("cpu", "cpu, cuda[:N] or tensorrt[:N] (onnx); a missing one is an error")
     precision: str = setting("fp32", "fp32 (exact); int8 (onnx, cpu); fp16 (torch, cuda)")
-    weights: str | None = setting(None, "checkpoint file or exported ONNX directory (else cache, then hub)")
+    weights: str | None = setting(
+        None,
+        "checkpoint file, model directory in the hub layout, or exported ONNX directory "
+        "(else the cache, then the hub)",
+    )
+    tokenizer: str | None = setting(
+        None, "tokenizer directory (tokenizer.json…) when weights is a single file"
+    )
+    image_weights: str | None = setting(
+        None, "weights of the image tower of a model that pairs two (M-CLIP): checkpoint or ONNX export"
+    )
     cache_dir: str | None = setting(None, "download and export cache (default ~/.cache/clipserve)")
     cache_max_gb: float | None = setting(
         None, "evict the least recently used downloads and exports beyond this size (default: no cap)"

@@ -16,6 +16,8 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +25,20 @@ from tqdm.auto import tqdm
 
 from clipserve.cache import touch
 from clipserve.errors import WeightsUnavailable
-from clipserve.zoo import ModelSpec
+from clipserve.zoo import ModelSpec, spec_from_row
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 HUB_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+CHECKPOINT_NAMES = (*HUB_FILENAMES, "model.safetensors", "pytorch_model.bin")
+"""Weight files of a model directory in the hub layout, preferred first."""
 ONNX_MARKER = "clipserve.json"
+OPTIONAL_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+"""Beside ``tokenizer.json``, the files of a Hugging Face tokenizer that name its special tokens."""
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+TOKENIZER_DIR = "tokenizer"
+"""Where an export keeps a copy of its Hugging Face tokenizer, so the directory runs alone."""
 EXPORT_FORMAT = 2
 """Bumped whenever exported graphs change (2: the text tower's last block runs at the end token only)."""
 DOWNLOAD_TIMEOUT_S = 60
@@ -70,38 +79,89 @@ def onnx_cache(spec: ModelSpec, root: Path, source: str, precision: str) -> Path
     return root / "onnx" / spec.arch / source / precision
 
 
+@contextmanager
+def staged_dir(out_dir: Path) -> Iterator[Path]:
+    """A fresh directory beside ``out_dir`` to write into; renamed into place when the block ends
+    without error, so a crash or a concurrent writer never leaves a half-written model where the
+    runtime looks."""
+    staging = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+
+
+def write_export_meta(directory: Path, meta: dict, tokenizer_dir: Path | None = None) -> None:
+    """Write an export's ``clipserve.json`` and, for a Hugging Face tokenizer, a copy of its files
+    (so the export runs alone, without torch or the hub)."""
+    (directory / ONNX_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+    if tokenizer_dir is not None:
+        (directory / TOKENIZER_DIR).mkdir(exist_ok=True)
+        for name in ("tokenizer.json", *OPTIONAL_TOKENIZER_FILES):
+            if (tokenizer_dir / name).is_file():
+                shutil.copy(tokenizer_dir / name, directory / TOKENIZER_DIR / name)
+
+
+def spec_of_export(spec: ModelSpec, export_dir: Path) -> ModelSpec:
+    """The spec an export was made from (it keeps one: a model directory may have refined the zoo
+    entry's), once checked to be of the same architecture as ``spec``."""
+    meta = read_export_meta(export_dir)
+    if "spec" not in meta:
+        return spec
+    kept = spec_from_row(meta["spec"])
+    if kept.arch != spec.arch:
+        raise WeightsUnavailable(f"{export_dir} holds an export of {kept.name}, not of {spec.name}")
+    return kept
+
+
 def read_export_meta(path: Path) -> dict:
     """The ``clipserve.json`` of an ONNX export directory."""
     return json.loads((path / ONNX_MARKER).read_text())
 
 
 @dataclass
-class _Search:
+class Search:
     spec: ModelSpec
     looked: list[str]
+    what: str = "weights"
+    remedy: str = ""
 
     def fail(self) -> WeightsUnavailable:
         places = "\n".join(f"  - {place}" for place in self.looked)
-        return WeightsUnavailable(
-            f"no weights for {self.spec.name}. Looked in:\n{places}\n"
-            f"Pass a local checkpoint (.safetensors, .bin, .pt) or an exported ONNX directory: "
+        remedy = self.remedy or (
+            f"Pass a local checkpoint (.safetensors, .bin, .pt), a directory in the Hugging Face Hub "
+            f"layout or an exported ONNX directory: "
             f"Encoder({self.spec.name!r}, weights='/path/to/open_clip_model.safetensors') or "
             f"`clipserve encode --model {self.spec.name} --weights PATH ...`; "
             f"or copy the file into the cache directory named above."
         )
+        return WeightsUnavailable(f"no {self.what} for {self.spec.name}. Looked in:\n{places}\n{remedy}")
+
+
+def is_hub_dir(path: Path) -> bool:
+    """True for a model directory in open_clip's Hugging Face Hub layout (config, weights, tokenizer)."""
+    return path.is_dir() and (path / OPEN_CLIP_CONFIG).is_file()
 
 
 def explicit_weights(spec: ModelSpec, weights: str | os.PathLike[str]) -> Path:
-    """Validate a user-given weights path: a checkpoint file or an exported ONNX directory."""
+    """Validate a user-given weights path: a checkpoint file, a directory in the hub layout
+    (``open_clip_config.json``, weights, tokenizer files) or an exported ONNX directory."""
     path = Path(weights).expanduser()
-    if is_onnx_dir(path):
+    if is_onnx_dir(path) or is_hub_dir(path):
         return path
     if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
         return path
     why = (
-        "does not exist" if not path.exists() else "is neither a checkpoint file nor an ONNX export directory"
+        "does not exist"
+        if not path.exists()
+        else "is neither a checkpoint file, a hub-layout directory nor an ONNX export directory"
     )
-    raise _Search(
+    raise Search(
         spec, [f"explicit weights {path}: {why} (checkpoints end in {', '.join(CHECKPOINT_SUFFIXES)})"]
     ).fail()
 
@@ -112,7 +172,7 @@ def find_checkpoint(spec: ModelSpec, root: Path) -> Path:
     Raises:
         WeightsUnavailable: nothing cached and the download is off or failed.
     """
-    search = _Search(spec, [])
+    search = Search(spec, [])
     target = checkpoint_cache(spec, root)
     cached = sorted(p for p in target.glob("*") if p.suffix in CHECKPOINT_SUFFIXES) if target.is_dir() else []
     if cached:
@@ -133,7 +193,61 @@ def find_checkpoint(spec: ModelSpec, root: Path) -> Path:
     raise search.fail()
 
 
-def _download_from_hub(spec: ModelSpec, target: Path, search: _Search) -> Path | None:
+def find_tokenizer(spec: ModelSpec, root: Path, candidates: list[Path | None]) -> Path:
+    """A directory with ``spec.tokenizer``'s files: the first of ``candidates`` that holds a
+    ``tokenizer.json`` (a ``tokenizer=`` directory, a hub-layout weights directory, an export's
+    copy), else the cache, else a download from the tokenizer's hub repo.
+
+    Raises:
+        WeightsUnavailable: none found; the message names the tokenizer and every place looked.
+    """
+    search = Search(
+        spec,
+        [],
+        what=f"tokenizer files ({spec.tokenizer})",
+        remedy=(
+            "Pass tokenizer='/path/to/dir' (a directory with tokenizer.json and tokenizer_config.json, as "
+            "on the Hugging Face Hub), or weights='/path/to/dir' in the hub layout (weights, "
+            "open_clip_config.json and the tokenizer files together)."
+        ),
+    )
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        if (candidate / "tokenizer.json").is_file():
+            return candidate
+        search.looked.append(f"{candidate} (no tokenizer.json)")
+    target = root / "tokenizers" / spec.tokenizer.replace("/", "--")
+    if (target / "tokenizer.json").is_file():
+        touch(target)
+        return target
+    search.looked.append(f"cache directory {target} (empty)")
+    if offline():
+        search.looked.append("downloads skipped: offline (CLIPSERVE_OFFLINE or HF_HUB_OFFLINE is set)")
+        raise search.fail()
+    if download_hub_files(spec.tokenizer, ["tokenizer.json"], OPTIONAL_TOKENIZER_FILES, target, search):
+        return target
+    raise search.fail()
+
+
+def download_hub_files(
+    repo: str, required: list[str], optional: tuple[str, ...], target: Path, search: Search
+) -> bool:
+    """Download ``required`` (all) and ``optional`` (if present) files of a hub repo into ``target``."""
+    from huggingface_hub import hf_hub_download
+
+    for filename in [*required, *optional]:
+        try:
+            log.info("downloading %s from the Hugging Face Hub repo %s", filename, repo)
+            hf_hub_download(repo, filename, local_dir=target)
+        except Exception as exc:  # hub errors have many types (offline, 404, auth); record and go on
+            if filename in required:
+                search.looked.append(f"Hugging Face Hub {repo}/{filename}: {type(exc).__name__}: {exc}")
+                return False
+    return True
+
+
+def _download_from_hub(spec: ModelSpec, target: Path, search: Search) -> Path | None:
     from huggingface_hub import hf_hub_download
 
     for filename in HUB_FILENAMES:
@@ -145,7 +259,7 @@ def _download_from_hub(spec: ModelSpec, target: Path, search: _Search) -> Path |
     return None
 
 
-def _download_url(url: str, target: Path, search: _Search) -> Path | None:
+def _download_url(url: str, target: Path, search: Search) -> Path | None:
     target.mkdir(parents=True, exist_ok=True)
     dest = target / Path(urllib.parse.urlparse(url).path).name
     try:

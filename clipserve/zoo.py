@@ -1,7 +1,8 @@
 """The model zoo: ``ARCH::TAG`` names mapped to :class:`ModelSpec` entries.
 
-The table itself is data (``zoo_models.json``, generated from open_clip's pretrained table by
-``scripts/generate_zoo.py``); this module only loads it, resolves names and aliases, and lists it.
+The table itself is data: ``zoo_models.json``, generated from open_clip's pretrained table by
+``scripts/generate_zoo.py``, and ``zoo_extra.json``, written by hand for the models open_clip does
+not list (M-CLIP). This module only loads them, resolves names and aliases, and lists them.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from clipserve.errors import UnknownModel
 
 DEFAULT_MODEL = "ViT-B-32::openai"
 QUICKGELU_SUFFIX = "-quickgelu"
-BUILTIN_TOKENIZER = "clip"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything clipserve needs to know about one pretrained CLIP model."""
+    """Everything clipserve needs to know about one pretrained model."""
 
     arch: str
     """open_clip architecture name (config name), e.g. ``ViT-B-32`` or ``ViT-B-32-quickgelu``."""
@@ -39,53 +39,71 @@ class ModelSpec:
     """``shortest`` (resize + centre crop), ``squash`` or ``longest`` (resize + pad)."""
     context_length: int
     tokenizer: str
-    """``clip`` for the built-in CLIP BPE tokenizer, else a Hugging Face tokenizer name."""
-    text_truncatable: bool
-    """Causal text tower with end-token pooling: may stop at the longest real token, exactly."""
+    """``clip`` for the built-in CLIP BPE tokenizer, else the Hugging Face repo of its tokenizer."""
     quick_gelu: bool
     hf_hub: str
     url: str
     licence: str
+    tokenizer_clean: str = "lower"
+    """Text cleaning before tokenising: ``lower``, ``whitespace``, ``canonicalize`` or ``none``."""
+    strip_sep_token: bool = False
+    """Replace the separator token with 0 (CLIPA)."""
+    text_trim: str = "argmax"
+    """How a batch of texts may be cut to its longest text, exactly (see ``openclip_config.TRIMS``)."""
+    eos_id: int = 2
+    """The end token pooled by ``eos`` towers."""
+    hf_text_model: str = ""
+    """The Hugging Face encoder of the text tower (open_clip's ``hf_model_name``), if any."""
     family: str = "open_clip"
     """Which loader builds it (``clipserve.families.LOADERS``)."""
+    display_name: str = ""
+    """The canonical name when it is not ``ARCH::TAG`` (``M-CLIP/XLM-Roberta-Large-Vit-B-32``)."""
+    image_model: str = ""
+    """The zoo model whose image tower this one pairs with its text tower (M-CLIP)."""
+    text_base: str = ""
+    """The base transformer of a separate text encoder (M-CLIP's ``modelBase``)."""
 
     @property
     def name(self) -> str:
-        """The canonical ``ARCH::TAG`` name."""
-        return f"{self.arch}::{self.tag}"
+        """The canonical name: ``ARCH::TAG`` unless the entry names itself."""
+        return self.display_name or f"{self.arch}::{self.tag}"
 
     @property
-    def backends(self) -> tuple[str, ...]:
-        """Backends that can run this model in this release."""
-        return ("torch", "onnx") if self.tokenizer == BUILTIN_TOKENIZER else ()
+    def text_truncatable(self) -> bool:
+        """True when batches of texts may stop at their longest text with unchanged vectors."""
+        return self.text_trim != "none"
 
-    @property
-    def unsupported_reason(self) -> str | None:
-        """Why no backend runs this model, or None when it runs."""
-        if self.tokenizer != BUILTIN_TOKENIZER:
-            return (
-                f"{self.name} uses the Hugging Face tokenizer {self.tokenizer!r}; this release of "
-                "clipserve runs models with the CLIP BPE tokenizer only"
-            )
-        return None
+
+IMAGE_FIELDS = ("image_size", "mean", "std", "interpolation", "resize_mode", "quick_gelu")
+"""What an entry pairing another model's image tower (``image_model``) takes from that model."""
 
 
 @cache
 def _table() -> dict[str, ModelSpec]:
-    raw = json.loads(resources.files("clipserve").joinpath("zoo_models.json").read_text())
     table: dict[str, ModelSpec] = {}
-    for row in raw["models"]:
-        row = dict(row, image_size=tuple(row["image_size"]), mean=tuple(row["mean"]), std=tuple(row["std"]))
-        spec = ModelSpec(**row)
-        table[spec.name] = spec
+    for file in ("zoo_models.json", "zoo_extra.json"):
+        for row in json.loads(resources.files("clipserve").joinpath(file).read_text())["models"]:
+            if row.get("image_model"):
+                paired = table[row["image_model"]]
+                row = {name: getattr(paired, name) for name in IMAGE_FIELDS} | row
+            spec = spec_from_row(row)
+            table[spec.name] = spec
     return table
+
+
+def spec_from_row(row: dict) -> ModelSpec:
+    """A spec from its JSON form (a zoo row, or the copy an export keeps in its ``clipserve.json``)."""
+    return ModelSpec(
+        **dict(row, image_size=tuple(row["image_size"]), mean=tuple(row["mean"]), std=tuple(row["std"]))
+    )
 
 
 @cache
 def _aliases() -> dict[str, str]:
     """Lower-cased lookup keys → canonical names, including ``-quickgelu`` and tag-less forms."""
     table = _table()
-    aliases = {name.lower(): name for name in table}
+    aliases = {_normalise(name): name for name in table}
+    aliases.update({_normalise(f"{spec.arch}::{spec.tag}"): spec.name for spec in table.values()})
     for spec in table.values():
         if spec.arch.endswith(QUICKGELU_SUFFIX):
             plain = f"{spec.arch[: -len(QUICKGELU_SUFFIX)]}::{spec.tag}".lower()

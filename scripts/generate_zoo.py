@@ -14,6 +14,8 @@ from pathlib import Path
 
 import open_clip
 
+from clipserve.families.openclip_config import text_traits
+
 OUT = Path(__file__).resolve().parents[1] / "clipserve" / "zoo_models.json"
 
 # Licences of the published weights, by tag prefix (longest prefix wins).
@@ -40,32 +42,13 @@ def licence_for(tag: str) -> str:
     return LICENCES[max(matches, key=len)] if matches else "see model card"
 
 
-def text_truncatable(model_cfg: dict) -> bool:
-    """True when the text tower is causal with end-token (argmax) pooling and no pad/cls tricks.
-
-    For such towers every position up to the end token only sees earlier positions, so running the
-    transformer to the longest real token of a batch gives exactly the full-length vectors.
-    """
-    text_cfg = model_cfg["text_cfg"]
-    return not (
-        "hf_model_name" in text_cfg
-        or "hf_tokenizer_name" in text_cfg
-        or text_cfg.get("no_causal_mask", False)
-        or text_cfg.get("embed_cls", False)
-        or text_cfg.get("pad_id", 0) != 0
-        or text_cfg.get("pool_type", "argmax") != "argmax"
-        or text_cfg.get("use_pad_mask", False)
-    )
-
-
 def entry(arch: str, tag: str) -> dict:
     model_cfg = open_clip.get_model_config(arch)
     pretrained = open_clip.get_pretrained_cfg(arch, tag)
-    vision_cfg, text_cfg = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    vision_cfg = model_cfg["vision_cfg"]
     image_size = vision_cfg.get("image_size", 224)
     if isinstance(image_size, int):
         image_size = [image_size, image_size]
-    tokenizer = text_cfg.get("hf_tokenizer_name") or "clip"
     hub = (pretrained.get("hf_hub") or "").rstrip("/")
     return {
         "arch": arch,
@@ -76,9 +59,7 @@ def entry(arch: str, tag: str) -> dict:
         "std": list(pretrained.get("std", open_clip.OPENAI_DATASET_STD)),
         "interpolation": pretrained.get("interpolation", "bicubic"),
         "resize_mode": pretrained.get("resize_mode", "shortest"),
-        "context_length": text_cfg.get("context_length", 77),
-        "tokenizer": tokenizer,
-        "text_truncatable": text_truncatable(model_cfg),
+        **text_traits(model_cfg),
         "quick_gelu": bool(pretrained.get("quick_gelu", False) or model_cfg.get("quick_gelu", False)),
         "hf_hub": hub,
         "url": pretrained.get("url", ""),

@@ -14,18 +14,17 @@ def test_models_lists_the_table(capsys) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     table, _, footer = out.partition("\n\n")
-    assert table.splitlines()[0].split() == ["name", "dim", "image", "backends", "licence"]
+    assert table.splitlines()[0].split() == ["name", "family", "dim", "image", "tokenizer", "licence"]
     rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
     assert footer.strip() == (
         "precisions: onnx fp32 (cpu/cuda/tensorrt), int8 (cpu); torch fp32 (cpu/cuda), fp16 (cuda)"
     )
     for arch, dim in CLIP_ONNX_TABLE.items():
         default = next(name for name in rows if name.startswith(f"{arch}::"))
-        assert rows[default][1] == str(dim)
-    assert rows[NAME][2:4] == ["224", "torch,onnx"]
-    assert not any("SigLIP" in name for name in rows)
-    assert main(["models", "--all"]) == 0
-    assert "ViT-B-16-SigLIP::webli" in capsys.readouterr().out
+        assert rows[default][2] == str(dim)
+    assert rows[NAME][1:5] == ["open_clip", "512", "224", "clip"]
+    assert rows["ViT-B-16-SigLIP::webli"][4] == "timm/ViT-B-16-SigLIP"
+    assert rows["M-CLIP/LABSE-Vit-L-14"][1:5] == ["mclip", "768", "224", "M-CLIP/LABSE-Vit-L-14"]
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".parquet"])
@@ -67,12 +66,9 @@ def test_encode_errors_are_messages_not_tracebacks(tmp_path, capsys) -> None:
 
 def test_export_command(tmp_path, random_model, capsys) -> None:
     out = tmp_path / "export"
-    assert (
-        main(
-            ["export", "--model", NAME, "--weights", str(random_model(NAME).checkpoint), "--output", str(out)]
-        )
-        == 0
-    )
+    checkpoint = str(random_model(NAME).checkpoint)
+    args = ["export", "--model", NAME, "--weights", checkpoint, "--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, "--output", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     meta = json.loads((out / "clipserve.json").read_text())
     assert meta["model"] == NAME and meta["dim"] == 512 and meta["text_dynamic_length"] is True

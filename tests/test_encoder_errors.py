@@ -79,8 +79,6 @@ def test_unknown_model_and_bad_options(random_model, cache_root) -> None:
         Encoder(NAME, backend="torch", precision="fp16", weights=checkpoint, cache_dir=cache_root)
     with pytest.raises(UnsupportedModel, match="the onnx backend has no 'fp16' precision"):
         Encoder(NAME, backend="onnx", precision="fp16", weights=checkpoint, cache_dir=cache_root)
-    with pytest.raises(UnsupportedModel, match="Hugging Face tokenizer"):
-        Encoder("ViT-B-16-SigLIP::webli", weights=checkpoint, cache_dir=cache_root)
 
 
 def test_missing_devices_are_errors_not_cpu_fallbacks(random_model, cache_root) -> None:

@@ -167,7 +167,7 @@ def test_metrics_change_with_requests(server) -> None:
     assert metric(url, "clipserve_request_duration_seconds_count", route="/encode", **served) >= 2
     assert metric(url, "clipserve_model_info", device="cpu", **served) == 1
     text = httpx.get(f"{url}/metrics").text
-    assert 'clipserve_queue_depth{backend="onnx",modality="image"' in text
+    assert 'clipserve_queue_depth{backend="onnx",family="open_clip",modality="image"' in text
 
 
 def _corrupt(photo_paths) -> bytes:

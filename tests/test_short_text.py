@@ -54,7 +54,7 @@ def test_towers_that_are_not_truncatable_keep_full_length(random_model, cache_ro
     settings = EngineSettings(
         model=name, backend="torch", weights=str(model.checkpoint), cache_dir=str(cache_root), batch_size=4
     )
-    full_only = OpenClipModel(dataclasses.replace(get_spec(name), text_truncatable=False), settings)
+    full_only = OpenClipModel(dataclasses.replace(get_spec(name), text_trim="none"), settings)
     assert not full_only.backend.text_dynamic_length
     pipeline = Pipeline(full_only, settings)
     with ShapeSpy(full_only.backend) as spy:

@@ -44,7 +44,9 @@ def test_explicit_path_errors(tmp_path) -> None:
     with pytest.raises(WeightsUnavailable, match="does not exist"):
         explicit_weights(spec, tmp_path / "nope.safetensors")
     (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(WeightsUnavailable, match="neither a checkpoint file nor an ONNX export"):
+    with pytest.raises(
+        WeightsUnavailable, match="neither a checkpoint file, a hub-layout directory nor an ONNX export"
+    ):
         explicit_weights(spec, tmp_path / "notes.txt")
 
 

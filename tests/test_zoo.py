@@ -1,5 +1,3 @@
-import dataclasses
-
 import pytest
 
 from clipserve.errors import UnknownModel
@@ -26,21 +24,42 @@ CLIP_ONNX_TABLE = {
 def test_clip_onnx_table_dims(arch: str, dim: int) -> None:
     spec = get_spec(arch)
     assert spec.dim == dim
-    assert spec.backends == ("torch", "onnx")
     assert spec.arch == arch
 
 
-def test_every_open_clip_pretrained_pair_is_listed() -> None:
+def test_every_open_clip_pretrained_pair_is_listed_and_m_clip_besides() -> None:
     import open_clip
 
-    names = {spec.name for spec in list_models()}
+    names = {spec.name for spec in list_models() if spec.family == "open_clip"}
     assert names == {f"{arch}::{tag}" for arch, tag in open_clip.list_pretrained()}
+    mclip = {spec.name: spec.dim for spec in list_models() if spec.family == "mclip"}
+    assert mclip == {
+        "M-CLIP/XLM-Roberta-Large-Vit-B-32": 512,
+        "M-CLIP/XLM-Roberta-Large-Vit-L-14": 768,
+        "M-CLIP/XLM-Roberta-Large-Vit-B-16Plus": 640,
+        "M-CLIP/LABSE-Vit-L-14": 768,
+    }
+
+
+def test_m_clip_pairs_the_image_towers_of_clip_as_service() -> None:
+    pairs = {s.tag: (s.image_model, s.text_base) for s in list_models() if s.family == "mclip"}
+    assert pairs == {
+        "XLM-Roberta-Large-Vit-B-32": ("ViT-B-32::openai", "xlm-roberta-large"),
+        "XLM-Roberta-Large-Vit-L-14": ("ViT-L-14::openai", "xlm-roberta-large"),
+        "XLM-Roberta-Large-Vit-B-16Plus": ("ViT-B-16-plus-240::laion400m_e31", "xlm-roberta-large"),
+        "LABSE-Vit-L-14": ("ViT-L-14::openai", "sentence-transformers/LaBSE"),
+    }
+    spec = get_spec("m-clip/xlm-roberta-large-vit-b-16plus")
+    assert spec.image_size == (240, 240) and spec.dim == get_spec("ViT-B-16-plus-240::laion400m_e31").dim
+    assert get_spec("M-CLIP::LABSE-Vit-L-14").name == "M-CLIP/LABSE-Vit-L-14"
 
 
 def test_entries_match_open_clip_configs() -> None:
     import open_clip
 
     for spec in list_models():
+        if spec.family != "open_clip":
+            continue
         cfg = open_clip.get_model_config(spec.arch)
         pretrained = open_clip.get_pretrained_cfg(spec.arch, spec.tag)
         assert spec.dim == cfg["embed_dim"], spec.name
@@ -78,14 +97,32 @@ def test_unknown_model_suggests_close_names() -> None:
         get_spec("ViT-B-33::openai")
 
 
-def test_text_truncatable_only_for_causal_argmax_towers() -> None:
-    assert get_spec("ViT-B-32::openai").text_truncatable
-    assert get_spec("RN50::openai").text_truncatable
-    assert not get_spec("coca_ViT-B-32::laion2b_s13b_b90k").text_truncatable  # cls token appended
+@pytest.mark.parametrize(
+    ("name", "trim"),
+    [
+        ("ViT-B-32::openai", "argmax"),
+        ("RN50::openai", "argmax"),
+        ("coca_ViT-B-32::laion2b_s13b_b90k", "none"),  # a cls token is appended
+        ("ViT-B-16-SigLIP::webli", "none"),  # no mask, pooled at the last position: pads matter
+        ("ViT-L-14-CLIPA::datacomp1b", "none"),
+        ("ViT-H-14-worldwide::metaclip2_worldwide", "eos"),
+        ("xlm-roberta-base-ViT-B-32::laion5b_s13b_b90k", "mask"),
+        ("nllb-clip-base::v1", "mask"),
+    ],
+)
+def test_exact_trimming_is_derived_from_the_tower(name, trim) -> None:
+    spec = get_spec(name)
+    assert spec.text_trim == trim and spec.text_truncatable == (trim != "none")
 
 
-def test_hf_tokenizer_models_are_listed_but_marked_unsupported() -> None:
-    siglip = next(s for s in list_models() if "SigLIP" in s.arch)
-    assert siglip.backends == ()
-    assert "tokenizer" in siglip.unsupported_reason
-    assert dataclasses.replace(siglip, tokenizer="clip").unsupported_reason is None
+def test_hf_tokenizer_facts_come_from_the_configs() -> None:
+    siglip = get_spec("ViT-SO400M-14-SigLIP::webli")
+    assert (siglip.tokenizer, siglip.tokenizer_clean, siglip.context_length) == (
+        "timm/ViT-B-16-SigLIP",
+        "canonicalize",
+        16,
+    )
+    assert get_spec("ViT-L-14-CLIPA::datacomp1b").strip_sep_token
+    assert get_spec("nllb-clip-base::v1").hf_text_model == "facebook/nllb-200-distilled-600M"
+    families = {spec.family for spec in list_models()}
+    assert families == {"open_clip", "mclip"}

@@ -8,17 +8,14 @@ exporter is used: the legacy tracer freezes the attention reshapes to the traced
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from clipserve.backends.torch import ImageTower, TextTower, load_open_clip_model
-from clipserve.preprocess.text import ClipTokenizer
-from clipserve.weights import EXPORT_FORMAT, ONNX_MARKER
+from clipserve.weights import EXPORT_FORMAT, staged_dir, write_export_meta
 from clipserve.zoo import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -27,46 +24,51 @@ OPSET = 18
 MAX_BATCH = 65536
 
 
-def export_onnx(spec: ModelSpec, checkpoint: Path, out_dir: Path) -> Path:
+def export_onnx(spec: ModelSpec, checkpoint: Path, out_dir: Path, tokenizer_dir: Path | None = None) -> Path:
     """Export ``checkpoint`` (weights of ``spec``) into ``out_dir``; returns ``out_dir``.
 
+    A Hugging Face tokenizer (``tokenizer_dir``) is copied into the export, which then runs alone.
     The export is written beside ``out_dir`` first and renamed into place, so a crash or a
     concurrent export never leaves a half-written model where the runtime looks.
     """
     model = load_open_clip_model(spec, checkpoint)
-    staging = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    height, width = spec.image_size
-    log.info("exporting %s image tower to ONNX", spec.name)
-    _export(ImageTower(model), torch.randn(2, 3, height, width), "pixels", {0: batch}, staging / "image.onnx")
-
-    dynamic_length = spec.text_truncatable
-    tokens = torch.from_numpy(
-        ClipTokenizer(spec.context_length)(["a photo", "two cats"], trim=dynamic_length)
-    )
-    text_axes = {0: batch}
-    if dynamic_length:
-        text_axes[1] = torch.export.Dim("length", min=2, max=spec.context_length)
-    log.info("exporting %s text tower to ONNX (dynamic length: %s)", spec.name, dynamic_length)
-    _export(TextTower(model, dynamic_length), tokens, "tokens", text_axes, staging / "text.onnx")
-
-    meta = {
-        "model": spec.name,
-        "arch": spec.arch,
-        "dim": spec.dim,
-        "logit_scale": model.logit_scale.exp().item(),
-        "text_dynamic_length": dynamic_length,
-        "export_format": EXPORT_FORMAT,
-        "precision": "fp32",
-        "source": str(checkpoint),
-        "exporter": f"torch {torch.__version__}, opset {OPSET}",
-    }
-    (staging / ONNX_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    with staged_dir(out_dir) as staging:
+        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+        height, width = spec.image_size
+        log.info("exporting %s image tower to ONNX", spec.name)
+        pixels = torch.randn(2, 3, height, width)
+        _export(ImageTower(model), pixels, "pixels", {0: batch}, staging / "image.onnx")
+        dynamic_length = spec.text_truncatable
+        text_axes = {0: batch}
+        if dynamic_length:
+            text_axes[1] = torch.export.Dim("length", min=2, max=spec.context_length)
+        log.info("exporting %s text tower to ONNX (dynamic length: %s)", spec.name, dynamic_length)
+        tower = TextTower(model, spec.text_trim, spec.eos_id)
+        _export(tower, example_tokens(spec), "tokens", text_axes, staging / "text.onnx")
+        meta = {
+            "model": spec.name,
+            "spec": dataclasses.asdict(spec),
+            "arch": spec.arch,
+            "dim": spec.dim,
+            "logit_scale": model.logit_scale.exp().item(),
+            "text_dynamic_length": dynamic_length,
+            "export_format": EXPORT_FORMAT,
+            "precision": "fp32",
+            "source": str(checkpoint),
+            "exporter": f"torch {torch.__version__}, opset {OPSET}",
+        }
+        write_export_meta(staging, meta, tokenizer_dir)
     return out_dir
+
+
+def example_tokens(spec: ModelSpec) -> torch.Tensor:
+    """Two rows of token ids to trace the text tower with: short ones ending in the token pooled
+    by the tower (the highest id, or ``eos_id``) where the tower may run short, else full length.
+    Only the shape and that end token matter to the exporter; small ids suit any vocabulary."""
+    length = 4 if spec.text_truncatable else spec.context_length
+    tokens = torch.full((2, length), 3, dtype=torch.int64)
+    tokens[:, -1] = spec.eos_id if spec.text_trim == "eos" else 7
+    return tokens
 
 
 def _export(module: torch.nn.Module, example: torch.Tensor, input_name: str, axes: dict, path: Path) -> None:

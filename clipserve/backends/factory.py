@@ -11,7 +11,9 @@ from clipserve.backends.base import PRECISION_DEVICES, Backend, check_backend_pr
 from clipserve.cache import content_fingerprint, touch
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.weights import (
+    CHECKPOINT_NAMES,
     ONNX_MARKER,
+    OPEN_CLIP_CONFIG,
     explicit_weights,
     find_checkpoint,
     is_current_export,
@@ -34,39 +36,47 @@ def create_backend(
     precision: str,
     cache: Path,
     spin: bool = True,
+    tokenizer_dir: Path | None = None,
+    towers: tuple[str, ...] = ("image", "text"),
 ) -> Backend:
     """Build ``backend`` for ``spec`` on ``device``, locating (and for onnx, exporting) weights.
 
-    ``spin`` lets idle ONNX Runtime threads busy-wait between text kernels (faster offline text;
-    wasteful when other work, such as a server's request handling, shares the cores).
+    ``weights`` is a checkpoint file, a directory in the hub layout, or (onnx) an export directory;
+    ``None`` means the cache, then a download. ``spin`` lets idle ONNX Runtime threads busy-wait
+    between text kernels (faster offline text; wasteful when other work, such as a server's
+    request handling, shares the cores). ``tokenizer_dir`` is copied into a new export. With
+    onnx, only the ``towers`` asked for are loaded.
     """
-    if spec.unsupported_reason:
-        raise UnsupportedModel(spec.unsupported_reason)
     if backend in PRECISION_DEVICES:
         check_backend_precision(precision, backend)
     explicit = explicit_weights(spec, weights) if weights is not None else None
     if backend == "torch":
         from clipserve.backends.torch import TorchBackend
 
-        if explicit is not None and explicit.is_dir():
-            raise UnsupportedModel(
-                f"the torch backend needs a checkpoint file, and {explicit} is an ONNX export"
-            )
+        if explicit is not None and is_onnx_dir(explicit):
+            raise UnsupportedModel(f"the torch backend needs a checkpoint, and {explicit} is an ONNX export")
         return TorchBackend(spec, explicit or find_checkpoint(spec, cache), device, precision)
     if backend == "onnx":
         from clipserve.backends.onnx import OnnxBackend
 
-        return OnnxBackend(spec, onnx_model_dir(spec, explicit, cache, precision), device, precision, spin)
+        model_dir = onnx_model_dir(spec, explicit, cache, precision, tokenizer_dir)
+        return OnnxBackend(spec, model_dir, device, precision, spin, towers)
     raise UnsupportedModel(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def onnx_model_dir(spec: ModelSpec, explicit: Path | None, cache: Path, precision: str = "fp32") -> Path:
+def onnx_model_dir(
+    spec: ModelSpec,
+    explicit: Path | None,
+    cache: Path,
+    precision: str = "fp32",
+    tokenizer_dir: Path | None = None,
+) -> Path:
     """An ONNX export of ``spec`` in ``precision``: given, cached, or made once into the cache.
 
     fp32 is exported from the checkpoint (needs torch); int8 is derived from the fp32 export
-    (ONNX Runtime only) and cached beside it.
+    (ONNX Runtime only) and cached beside it. Cache entries of local weights are keyed by content.
     """
-    if explicit is not None and explicit.is_dir():
+    if explicit is not None and is_onnx_dir(explicit):
         given = read_export_meta(explicit)["precision"]
         if given == precision:
             return explicit
@@ -75,12 +85,12 @@ def onnx_model_dir(spec: ModelSpec, explicit: Path | None, cache: Path, precisio
                 f"{explicit} is a {given} export; pass an fp32 export to derive {precision}"
             )
         fp32_dir = explicit
-        target = onnx_cache(spec, cache, export_fingerprint(explicit, cache), precision)
+        target = onnx_cache(spec, cache, fingerprint(explicit, cache), precision)
     else:
-        source = content_fingerprint(explicit, cache) if explicit is not None else spec.tag
+        source = fingerprint(explicit, cache) if explicit is not None else spec.tag
         fp32_dir = onnx_cache(spec, cache, source, "fp32")
         if not is_current_export(fp32_dir):
-            export_fp32(spec, explicit or find_checkpoint(spec, cache), fp32_dir)
+            export_fp32(spec, explicit or find_checkpoint(spec, cache), fp32_dir, tokenizer_dir)
         target = onnx_cache(spec, cache, source, precision)
     if precision != "fp32" and not _derived_from_current(target, fp32_dir):
         from clipserve.backends.precision import derive_int8
@@ -91,11 +101,15 @@ def onnx_model_dir(spec: ModelSpec, explicit: Path | None, cache: Path, precisio
     return used
 
 
-def export_fingerprint(export_dir: Path, cache: Path) -> str:
-    """A content key of a user's export directory: its metadata and both towers."""
-    parts = [
-        content_fingerprint(export_dir / name, cache) for name in (ONNX_MARKER, "image.onnx", "text.onnx")
-    ]
+KEY_FILES = (ONNX_MARKER, "image.onnx", "text.onnx", OPEN_CLIP_CONFIG, *CHECKPOINT_NAMES, "tokenizer.json")
+"""The files whose content identifies a model directory (an export, or the hub layout)."""
+
+
+def fingerprint(path: Path, cache: Path) -> str:
+    """A content key of local weights: a checkpoint file, or the key files of a directory."""
+    if path.is_file():
+        return content_fingerprint(path, cache)
+    parts = [content_fingerprint(path / name, cache) for name in KEY_FILES if (path / name).is_file()]
     return "sha-" + hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
 
 
@@ -106,7 +120,7 @@ def _derived_from_current(target: Path, fp32_dir: Path) -> bool:
     )
 
 
-def export_fp32(spec: ModelSpec, checkpoint: Path, target: Path) -> Path:
+def export_fp32(spec: ModelSpec, checkpoint: Path, target: Path, tokenizer_dir: Path | None = None) -> Path:
     """Export ``checkpoint`` to ONNX fp32 in ``target``; explains when torch is missing."""
     try:
         from clipserve.backends.export import export_onnx
@@ -116,4 +130,4 @@ def export_fp32(spec: ModelSpec, checkpoint: Path, target: Path) -> Path:
             f"needs torch ({exc}). Install `clipserve[torch]` once, or pass an exported ONNX directory."
         ) from exc
     log.info("exporting %s to ONNX once, into %s", spec.name, target)
-    return export_onnx(spec, checkpoint, target)
+    return export_onnx(spec, checkpoint, target, tokenizer_dir)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
-from clipserve.weights import ONNX_MARKER
+from clipserve.weights import ONNX_MARKER, TOKENIZER_DIR, staged_dir, write_export_meta
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +27,19 @@ INT8_OP_TYPES = ["MatMul", "Gemm"]
 
 
 def derive_int8(fp32_dir: Path, out_dir: Path) -> Path:
-    """Write the int8 version of the fp32 export ``fp32_dir`` into ``out_dir``."""
-    staging = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for tower in TOWERS:
-        log.info("quantising %s of %s to int8", tower, fp32_dir)
-        _quantize_int8(fp32_dir / tower, staging / tower)
-    meta = json.loads((fp32_dir / ONNX_MARKER).read_text())
-    meta.update(precision="int8", derived_from=str(fp32_dir))
-    (staging / ONNX_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-    for written in staging.iterdir():  # the quantiser writes 0600 temporary files: share like fp32
-        shutil.copymode(fp32_dir / ONNX_MARKER, written)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    """Write the int8 version of the fp32 export ``fp32_dir`` (its towers) into ``out_dir``."""
+    with staged_dir(out_dir) as staging:
+        for tower in TOWERS:
+            if (fp32_dir / tower).is_file():
+                log.info("quantising %s of %s to int8", tower, fp32_dir)
+                _quantize_int8(fp32_dir / tower, staging / tower)
+        meta = json.loads((fp32_dir / ONNX_MARKER).read_text())
+        meta.update(precision="int8", derived_from=str(fp32_dir))
+        tokenizer = fp32_dir / TOKENIZER_DIR
+        write_export_meta(staging, meta, tokenizer if tokenizer.is_dir() else None)
+        for written in staging.rglob("*"):  # the quantiser writes 0600 temporary files: share like fp32
+            if written.is_file():
+                shutil.copymode(fp32_dir / ONNX_MARKER, written)
     return out_dir
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -12,15 +13,33 @@ from torch import nn
 
 from clipserve.backends.base import check_precision
 from clipserve.errors import DeviceUnavailable, UnsupportedModel
+from clipserve.families.hf_configs import config_dir
+from clipserve.weights import OPEN_CLIP_CONFIG
 from clipserve.zoo import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
 def load_open_clip_model(spec: ModelSpec, checkpoint: Path) -> nn.Module:
-    """Build ``spec``'s open_clip model and load ``checkpoint`` into it (``weights_only`` loading)."""
+    """Build ``spec``'s open_clip model and load ``checkpoint`` into it (``weights_only`` loading).
+
+    ``checkpoint`` is a weights file of the zoo architecture, or a directory in the hub layout
+    (its own ``open_clip_config.json``). A Hugging Face text tower is built from a local copy of
+    its transformer config (:func:`clipserve.families.hf_configs.config_dir`), never downloaded.
+    """
+    if checkpoint.is_dir():
+        name, pretrained = f"local-dir:{checkpoint}", None
+        model_cfg = json.loads((checkpoint / OPEN_CLIP_CONFIG).read_text())["model_cfg"]
+    else:
+        name, pretrained = spec.arch, str(checkpoint)
+        model_cfg = open_clip.get_model_config(spec.arch)
+    overrides = {}
+    text_cfg = model_cfg["text_cfg"]
+    if text_cfg.get("hf_model_name"):
+        local = config_dir(text_cfg["hf_model_name"])
+        overrides["text_cfg"] = {**text_cfg, "hf_model_name": str(local), "hf_model_pretrained": False}
     model = open_clip.create_model(
-        spec.arch, pretrained=str(checkpoint), force_quick_gelu=spec.quick_gelu, weights_only=True
+        name, pretrained=pretrained, force_quick_gelu=spec.quick_gelu, weights_only=True, **overrides
     )
     return model.eval()
 
@@ -37,23 +56,24 @@ class ImageTower(nn.Module):
 
 
 class TextTower(nn.Module):
-    """``tokens → text embedding`` (unnormalised).
+    """``tokens → text embedding`` (unnormalised), for the zoo's ``text_trim`` of the tower.
 
-    With ``dynamic_length`` (the zoo marks the towers where this is exact: causal mask, end-token
-    pooling, no padding mask) the transformer runs only over the given ``L`` columns, and its last
-    block only for the end token, the one position pooling keeps: its keys and values still come
-    from every position, so the vector is the full-length one. Otherwise the tokens must be padded
-    to the context length and open_clip's own ``encode_text`` runs.
+    - ``argmax``/``eos`` (causal, pooled at the end token): the transformer runs only over the given
+      ``L`` columns, and its last block only for the end token, the one position pooling keeps; its
+      keys and values still come from every position, so the vector is the full-length one.
+    - ``mask`` (a Hugging Face encoder that masks padding) and ``none``: open_clip's own
+      ``encode_text`` on the tokens as given (padded to the batch's longest text, or to the context).
     """
 
-    def __init__(self, model: nn.Module, dynamic_length: bool) -> None:
+    def __init__(self, model: nn.Module, trim: str, eos_id: int = 2) -> None:
         super().__init__()
         self.model = model
-        self.dynamic_length = dynamic_length
+        self.trim = trim
+        self.eos_id = eos_id
         self.tower = getattr(model, "text", model)  # CustomTextCLIP keeps the tower in ``.text``
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if not self.dynamic_length:
+        if self.trim not in ("argmax", "eos"):
             return self.model.encode_text(tokens)
         tower = self.tower
         length = tokens.shape[1]
@@ -64,7 +84,10 @@ class TextTower(nn.Module):
         for block in blocks:
             x = block(x, attn_mask=causal)
         rows = torch.arange(x.shape[0], device=x.device)
-        end = tokens.argmax(dim=-1)  # the end token has the highest id
+        if self.trim == "argmax":
+            end = tokens.argmax(dim=-1)  # the end token has the highest id
+        else:
+            end = (tokens == self.eos_id).int().argmax(dim=-1)  # the first end token
         x = self._end_token_block(last, x, rows, end)
         x = tower.ln_final(x)
         projection = tower.text_projection
@@ -119,7 +142,7 @@ class TorchBackend:
         self.logit_scale = model.logit_scale.exp().item()
         self.text_dynamic_length = spec.text_truncatable
         self.image_tower = ImageTower(self.model)
-        self.text_tower = TextTower(self.model, self.text_dynamic_length)
+        self.text_tower = TextTower(self.model, spec.text_trim, spec.eos_id)
         log.info("torch backend: %s on %s (%s) from %s", spec.name, self.device, precision, checkpoint)
 
     @torch.inference_mode()

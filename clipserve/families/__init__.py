@@ -16,14 +16,13 @@ from clipserve.zoo import ModelSpec
 
 LOADERS: dict[str, str] = {
     "open_clip": "clipserve.families.openclip:OpenClipModel",
+    "mclip": "clipserve.families.mclip:MClipModel",
 }
 """family → ``module:class`` of its loader (imported on use: a family may need optional extras)."""
 
 
 def load_model(spec: ModelSpec, settings: EngineSettings, spin: bool = True) -> Model:
     """The model of ``spec`` on the backend, device and precision of ``settings``."""
-    if spec.unsupported_reason:
-        raise UnsupportedModel(spec.unsupported_reason)
     if spec.family not in LOADERS:
         raise UnsupportedModel(f"{spec.name} is of the family {spec.family!r}, which this release lacks")
     module, _, name = LOADERS[spec.family].partition(":")

@@ -1,4 +1,10 @@
-"""The open_clip family: an image tower and a text tower with CLIP's BPE tokenizer."""
+"""The open_clip family: an image tower, and a text tower with CLIP's BPE or a Hugging Face tokenizer.
+
+One loader for every open_clip model of the zoo: CLIP, SigLIP and SigLIP2, CLIPA, MetaCLIP 2
+worldwide, and the models with a Hugging Face text encoder (XLM-R, RoBERTa, NLLB). What differs
+between them is data in the spec: the tokenizer and its cleaning, and how a batch of texts may be
+cut short exactly (``text_trim``).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +18,20 @@ from clipserve.backends.factory import create_backend
 from clipserve.cache import enforce_cap
 from clipserve.errors import InvalidInput, echo
 from clipserve.families.base import Tower
+from clipserve.families.openclip_config import spec_from_hub_dir
 from clipserve.inputs import Item
 from clipserve.preprocess.image import ImageLimits, ImagePreprocessor, decode_image
-from clipserve.preprocess.text import ClipTokenizer
+from clipserve.preprocess.text import BUILTIN_TOKENIZER, ClipTokenizer, HfTokenizer
 from clipserve.settings import EngineSettings
-from clipserve.weights import cache_dir
+from clipserve.weights import (
+    TOKENIZER_DIR,
+    cache_dir,
+    explicit_weights,
+    find_tokenizer,
+    is_hub_dir,
+    is_onnx_dir,
+    spec_of_export,
+)
 from clipserve.zoo import ModelSpec
 
 CPU_IMAGE_BATCH = 8
@@ -25,43 +40,59 @@ fp32 33.3 at batch 8, 31.4 at 16, 30.8 at 32; int8 108.8, 111.3, 90.1. Batch 8 k
 memory small (int8 server peak under 64 clients 390 MiB at 8, 448 at 16, 680 at 32). GPUs keep
 ``batch_size``: they need large batches."""
 
+Tokenizer = ClipTokenizer | HfTokenizer
+
 
 class OpenClipModel:
-    """An open_clip CLIP model on one backend; see :class:`clipserve.families.base.Model`."""
+    """An open_clip model on one backend; see :class:`clipserve.families.base.Model`."""
 
     def __init__(self, spec: ModelSpec, settings: EngineSettings, spin: bool = True) -> None:
+        cache = cache_dir(settings.cache_dir)
+        weights = explicit_weights(spec, settings.weights) if settings.weights is not None else None
+        if weights is not None and is_hub_dir(weights):
+            spec = spec_from_hub_dir(spec, weights)
+        elif weights is not None and is_onnx_dir(weights):
+            spec = spec_of_export(spec, weights)
         self.spec = spec
+        tokenizer_dir = locate_tokenizer(spec, settings, weights, cache)
         self.backend: Backend = create_backend(
-            spec,
-            settings.backend,
-            settings.device,
-            settings.weights,
-            settings.precision,
-            cache_dir(settings.cache_dir),
-            spin,
+            spec, settings.backend, settings.device, weights, settings.precision, cache, spin, tokenizer_dir
         )
-        enforce_cap(
-            cache_dir(settings.cache_dir), settings.cache_max_gb, Path(str(self.backend.info()["weights"]))
-        )
-        self.tokenizer = ClipTokenizer(spec.context_length)
+        enforce_cap(cache, settings.cache_max_gb, Path(str(self.backend.info()["weights"])))
+        self.tokenizer = make_tokenizer(spec, tokenizer_dir)
         self.towers = {
             "text": text_tower(self.tokenizer, self.backend, settings.max_text_chars),
-            "image": image_tower(
-                spec,
-                self.backend,
-                ImageLimits(settings.max_pixels, settings.max_aspect_ratio),
-                CPU_IMAGE_BATCH if settings.device == "cpu" else None,
-            ),
+            "image": image_tower(spec, self.backend, settings),
         }
 
     def logit_scale(self, query: str, candidate: str) -> float:
         return self.backend.logit_scale
 
     def info(self) -> dict[str, object]:
-        return {"family": self.spec.family, **self.backend.info()}
+        return {"family": self.spec.family, "tokenizer": self.spec.tokenizer, **self.backend.info()}
 
     def close(self) -> None:
         pass
+
+
+def locate_tokenizer(
+    spec: ModelSpec, settings: EngineSettings, weights: Path | None, cache: Path
+) -> Path | None:
+    """The directory of ``spec``'s Hugging Face tokenizer (None for CLIP's built-in BPE): the
+    ``tokenizer`` setting, the weights directory (hub layout, or an export's copy), the cache, the hub."""
+    if spec.tokenizer == BUILTIN_TOKENIZER:
+        return None
+    candidates = [Path(settings.tokenizer).expanduser() if settings.tokenizer else None]
+    if weights is not None and weights.is_dir():
+        candidates += [weights, weights / TOKENIZER_DIR]
+    return find_tokenizer(spec, cache, candidates)
+
+
+def make_tokenizer(spec: ModelSpec, tokenizer_dir: Path | None) -> Tokenizer:
+    """CLIP's BPE, or the model's Hugging Face tokenizer with its cleaning and context length."""
+    if tokenizer_dir is None:
+        return ClipTokenizer(spec.context_length)
+    return HfTokenizer(tokenizer_dir, spec.context_length, spec.tokenizer_clean, spec.strip_sep_token)
 
 
 def check_text(item: Item, max_chars: int) -> str:
@@ -75,7 +106,7 @@ def check_text(item: Item, max_chars: int) -> str:
     return item.value
 
 
-def text_tower(tokenizer: ClipTokenizer, backend: Backend, max_chars: int) -> Tower:
+def text_tower(tokenizer: Tokenizer, backend: Backend, max_chars: int) -> Tower:
     """Token ids per text; batches run to their longest text where the tower allows it (exact)."""
 
     def prepare(item: Item) -> list[int]:
@@ -88,10 +119,11 @@ def text_tower(tokenizer: ClipTokenizer, backend: Backend, max_chars: int) -> To
     return Tower("text", prepare, run, cost=len if backend.text_dynamic_length else None, heavy=False)
 
 
-def image_tower(spec: ModelSpec, backend: Backend, limits: ImageLimits, max_batch: int | None) -> Tower:
+def image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettings) -> Tower:
     """Decoded, resized and cropped RGB per image (uint8), normalised per batch: exact to
     open_clip's transform."""
     preprocess = ImagePreprocessor(spec)
+    limits = ImageLimits(settings.max_pixels, settings.max_aspect_ratio)
     limits.allow_in_pillow()
     expected_shape = (3, *spec.image_size)
 
@@ -114,6 +146,7 @@ def image_tower(spec: ModelSpec, backend: Backend, limits: ImageLimits, max_batc
             np.stack([preprocess.normalise(p) if p.dtype == np.uint8 else p for p in batch])
         )
 
+    max_batch = CPU_IMAGE_BATCH if settings.device == "cpu" else None
     return Tower("image", prepare, run, max_batch=max_batch)
 
 

@@ -164,11 +164,11 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
 
     @app.get("/v1/models")
     async def models() -> dict:
-        """The served model, in OpenAI's list shape."""
-        return {
-            "object": "list",
-            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "clipserve"}],
-        }
+        """The served model, in OpenAI's list shape, with what it is and what runs it."""
+        info = encoder.info()
+        described = {key: info[key] for key in ("dim", "family", "backend", "device", "precision")}
+        entry = {"id": name, "object": "model", "created": 0, "owned_by": "clipserve", **described}
+        return {"object": "list", "data": [{**entry, "modalities": list(encoder.modalities)}]}
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one server, each labelled with the model, backend and precision served."""
+"""Prometheus metrics of one server, each labelled with the model, family, backend and precision served."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-SERVED = ("model", "backend", "precision")
+SERVED = ("model", "family", "backend", "precision")
 
 
 class Metrics:

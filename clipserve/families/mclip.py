@@ -1,0 +1,192 @@
+"""M-CLIP: a multilingual text encoder (XLM-R large or LaBSE, mean-pooled, projected) trained into
+the space of a CLIP image tower, paired with that tower as clip-as-service paired them.
+
+- Text: the released M-CLIP directory (``config.json``, weights, tokenizer files) given as
+  ``weights=``, else the cache, else the hub. Texts are cut at the zoo's context length (77 tokens,
+  as clip-as-service did; the original code does not cut, and the model was trained on texts of at
+  most 32 tokens), and batches are padded only to their longest text (the encoder masks padding).
+- Images: the paired zoo model's image tower (``image_weights=``, else its cache or hub), run
+  exactly as for that model; its logit scale ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from clipserve.backends.base import check_backend_precision
+from clipserve.backends.factory import BACKENDS, create_backend, fingerprint
+from clipserve.cache import enforce_cap, touch
+from clipserve.errors import UnsupportedModel, WeightsUnavailable
+from clipserve.families.base import Tower
+from clipserve.families.openclip import check_text, image_tower
+from clipserve.inputs import Item
+from clipserve.preprocess.text import HfTokenizer
+from clipserve.settings import EngineSettings
+from clipserve.weights import (
+    TOKENIZER_DIR,
+    Search,
+    cache_dir,
+    download_hub_files,
+    find_tokenizer,
+    is_current_export,
+    is_onnx_dir,
+    offline,
+    onnx_cache,
+    read_export_meta,
+)
+from clipserve.zoo import ModelSpec, get_spec
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class MClipModel:
+    """An M-CLIP text encoder beside its CLIP image tower; see :class:`clipserve.families.base.Model`."""
+
+    def __init__(self, spec: ModelSpec, settings: EngineSettings, spin: bool = True) -> None:
+        if settings.backend not in BACKENDS:
+            raise UnsupportedModel(
+                f"unknown backend {settings.backend!r}; choose one of {', '.join(BACKENDS)}"
+            )
+        check_backend_precision(settings.precision, settings.backend)
+        self.spec = spec
+        cache = cache_dir(settings.cache_dir)
+        image_spec = get_spec(spec.image_model)
+        self.image_backend = create_backend(
+            image_spec,
+            settings.backend,
+            settings.device,
+            settings.image_weights,
+            settings.precision,
+            cache,
+            spin,
+            towers=("image",),
+        )
+        given = Path(settings.weights).expanduser() if settings.weights is not None else None
+        source = given if given is not None else find_text_weights(spec, cache)
+        tokenizer_dir = find_tokenizer(
+            spec,
+            cache,
+            [
+                Path(settings.tokenizer).expanduser() if settings.tokenizer else None,
+                source,
+                source / TOKENIZER_DIR,
+            ],
+        )
+        self.text_encoder = text_encoder(spec, source, settings, cache, spin, tokenizer_dir)
+        enforce_cap(cache, settings.cache_max_gb, Path(str(self.text_encoder.info()["text_weights"])))
+        self.tokenizer = HfTokenizer(tokenizer_dir, spec.context_length, spec.tokenizer_clean)
+        self.towers = {
+            "text": mean_pooled_text_tower(self.tokenizer, self.text_encoder, settings.max_text_chars),
+            "image": image_tower(image_spec, self.image_backend, settings),
+        }
+
+    def logit_scale(self, query: str, candidate: str) -> float:
+        return self.image_backend.logit_scale
+
+    def info(self) -> dict[str, object]:
+        return {
+            "family": self.spec.family,
+            "tokenizer": self.spec.tokenizer,
+            "image_model": self.spec.image_model,
+            **self.image_backend.info(),
+            **self.text_encoder.info(),
+        }
+
+    def close(self) -> None:
+        pass
+
+
+def find_text_weights(spec: ModelSpec, cache: Path) -> Path:
+    """The cached M-CLIP directory of ``spec``, downloaded from its hub repo when allowed."""
+    target = cache / "checkpoints" / spec.arch / spec.tag
+    if (target / "config.json").is_file() and any((target / name).is_file() for name in WEIGHT_FILES):
+        touch(target)
+        return target
+    search = Search(
+        spec,
+        [f"cache directory {target} (empty)"],
+        what="text encoder weights",
+        remedy=(
+            f"Pass weights='/path/to/{spec.tag}' (the M-CLIP directory as on the Hugging Face Hub: "
+            "config.json, pytorch_model.bin or model.safetensors, tokenizer files), or copy it into "
+            "the cache directory named above."
+        ),
+    )
+    if offline():
+        search.looked.append("downloads skipped: offline (CLIPSERVE_OFFLINE or HF_HUB_OFFLINE is set)")
+        raise search.fail()
+    for weights in WEIGHT_FILES:
+        if download_hub_files(spec.hf_hub, ["config.json", weights], (), target, search):
+            return target
+    raise search.fail()
+
+
+def text_encoder(
+    spec: ModelSpec, source: Path, settings: EngineSettings, cache: Path, spin: bool, tokenizer_dir: Path
+):
+    """The text encoder on the chosen backend: torch from the checkpoint, or onnx from an export
+    (given, cached, or made once from the checkpoint; int8 derived from fp32)."""
+    if settings.backend == "torch":
+        if is_onnx_dir(source):
+            raise UnsupportedModel(
+                f"the torch backend needs the M-CLIP checkpoint, and {source} is an ONNX export"
+            )
+        from clipserve.backends.hf_text import TorchTextEncoder, load_mean_pooled
+
+        model = load_mean_pooled(source, spec.text_base, spec.dim)
+        return TorchTextEncoder(model, settings.device, settings.precision, source)
+    from clipserve.backends.onnx import OnnxTextEncoder
+
+    export = text_export(spec, source, cache, settings.precision, tokenizer_dir)
+    touch(export)
+    return OnnxTextEncoder(export, settings.device, settings.precision, spin)
+
+
+def text_export(spec: ModelSpec, source: Path, cache: Path, precision: str, tokenizer_dir: Path) -> Path:
+    """An ONNX export of the text encoder in ``precision`` (given, cached or made once)."""
+    if is_onnx_dir(source):
+        given = read_export_meta(source)["precision"]
+        if given == precision:
+            return source
+        fp32_dir = source
+    else:
+        fp32_dir = onnx_cache(spec, cache, fingerprint(source, cache), "fp32")
+        if not is_current_export(fp32_dir):
+            try:
+                from clipserve.backends.hf_text import export_mean_pooled, load_mean_pooled
+            except ImportError as exc:
+                raise WeightsUnavailable(
+                    f"{spec.name} needs an ONNX export of its text encoder, and exporting needs torch "
+                    f"({exc}). Install `clipserve[torch]` once, or pass an exported directory."
+                ) from exc
+            model = load_mean_pooled(source, spec.text_base, spec.dim)
+            meta = {"model": spec.name, "arch": spec.arch, "dim": spec.dim, "source": str(source)}
+            meta["spec"] = dataclasses.asdict(spec)
+            export_mean_pooled(model, fp32_dir, meta, tokenizer_dir)
+    if precision == "fp32":
+        return fp32_dir
+    target = onnx_cache(spec, cache, fingerprint(fp32_dir, cache), precision)
+    if not is_onnx_dir(target):
+        from clipserve.backends.precision import derive_int8
+
+        derive_int8(fp32_dir, target)
+    return target
+
+
+def mean_pooled_text_tower(tokenizer: HfTokenizer, encoder, max_chars: int) -> Tower:
+    """Token ids per text; a batch is padded to its longest text, with the matching attention mask."""
+
+    def prepare(item: Item) -> list[int]:
+        return tokenizer.token_ids([check_text(item, max_chars)])[0]
+
+    def run(batch: Sequence[list[int]]) -> np.ndarray:
+        width = max(len(ids) for ids in batch)
+        ids = tokenizer.pad(list(batch), width)
+        mask = (np.arange(width)[None, :] < np.asarray([len(seq) for seq in batch])[:, None]).astype(np.int64)
+        return encoder.encode(ids, mask)
+
+    return Tower("text", prepare, run, cost=len, heavy=False)
