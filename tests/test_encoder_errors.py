@@ -119,3 +119,15 @@ def test_pil_images_from_memory(photo_paths, encoder_for) -> None:
     encoder = encoder_for(NAME, "onnx")
     image = Image.open(io.BytesIO(photo_paths[2].read_bytes()))
     assert cosines(encoder.encode([image]), encoder.encode([photo_paths[2]]))[0] > 0.99999
+
+
+def test_the_lowest_indexed_bad_item_is_reported_whatever_its_modality(photo_paths, encoder_for) -> None:
+    encoder = encoder_for(NAME, "onnx")
+    inputs = ["fine", _corrupt(photo_paths), "x" * 20_000, photo_paths[0]]
+    with pytest.raises(InvalidInput) as info:
+        encoder.encode(inputs)
+    assert info.value.index == 1  # the image before the too-long text
+    with pytest.raises(InvalidInput) as info:
+        encoder.encode([photo_paths[0], "x" * 20_000, _corrupt(photo_paths)])
+    assert info.value.index == 1
+    assert [e.index for e in encoder.encode_lenient(inputs).errors] == [1, 2]
