@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 setup:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[torch,server,dev]'
+	$(PY) -m pip install --quiet -e '.[torch,server,audio,dev]'
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -16,6 +16,7 @@ and prints markdown tables with the ratio to open_clip, and the issue's targets 
 
     python benchmarks/cpu_encode.py [--models ViT-B-32::openai RN50::openai] [--images 256]
     python benchmarks/cpu_encode.py --families   # M-CLIP and SigLIP text (benchmarks/text_families.py)
+    python benchmarks/cpu_encode.py --audio      # AudioCLIP audio (benchmarks/audio_speed.py)
 """
 
 from __future__ import annotations
@@ -365,7 +366,13 @@ def main() -> None:
     parser.add_argument(
         "--families", action="store_true", help="the text speed of M-CLIP and SigLIP against their references"
     )
+    parser.add_argument("--audio", action="store_true", help="AudioCLIP audio, torch against ONNX Runtime")
     args = parser.parse_args()
+    if args.audio:
+        from audio_speed import run as run_audio
+
+        run_audio()
+        return
     if args.families:
         from text_families import run
 

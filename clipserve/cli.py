@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from clipserve import settings as config
 from clipserve.backends.base import PRECISION_DEVICES
 from clipserve.errors import ClipserveError
+from clipserve.preprocess.audio import is_audio_path
 from clipserve.preprocess.image import is_image_path
 from clipserve.settings import EngineSettings, ServerSettings
 from clipserve.zoo import list_models
@@ -69,8 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", type=Path, help="directory to write (default: the cache)")
     export.add_argument("--precision", default=None, choices=tuple(PRECISION_DEVICES["onnx"]))
 
-    encode = commands.add_parser("encode", allow_abbrev=False, help="embed image files/folders and texts")
-    encode.add_argument("paths", nargs="*", type=Path, help="image files or folders (searched recursively)")
+    encode = commands.add_parser(
+        "encode", allow_abbrev=False, help="embed image and audio files/folders, and texts"
+    )
+    encode.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        help="image (and, for AudioCLIP, audio) files or folders, searched recursively",
+    )
     encode.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
     encode.add_argument(
         "--output", "-o", type=Path, required=True, help="out.npy (+ out.ids.json) or out.parquet"
@@ -197,12 +205,12 @@ def _age(timestamp: float) -> str:
     return f"{days:.1f} d ago" if days >= 1 else f"{days * 24:.1f} h ago"
 
 
-def collect_images(paths: Sequence[Path]) -> list[Path]:
-    """Files as given, folders searched recursively for image files (sorted)."""
+def collect_files(paths: Sequence[Path], wanted: Callable[[Path], bool]) -> list[Path]:
+    """Files as given, folders searched recursively for the ``wanted`` files (sorted)."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p)))
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and wanted(p)))
         else:
             found.append(path)
     return found
@@ -211,19 +219,20 @@ def collect_images(paths: Sequence[Path]) -> list[Path]:
 def cmd_encode(args: argparse.Namespace) -> int:
     from clipserve.encoder import Encoder
 
-    images = collect_images(args.paths)
-    if not images and not args.text:
-        print("error: nothing to encode: give image paths/folders or --text", file=sys.stderr)
+    if not args.paths and not args.text:
+        print("error: nothing to encode: give image or audio paths/folders, or --text", file=sys.stderr)
         return 2
     settings = config.resolve(EngineSettings, **given_settings(args, EngineSettings))
     encoder = Encoder(settings=settings)
+    hears = "audio" in encoder.modalities  # folders give audio files only to a model that embeds audio
+    files = collect_files(args.paths, lambda p: is_image_path(p) or (hears and is_audio_path(p)))
     vectors = [encoder.encode_text(args.text)] if args.text else []
     kept = [f"text:{t}" for t in args.text]
     skipped: list[tuple[Path, str]] = []
     chunk = settings.batch_size * CHUNK_BATCHES
-    with encoder, tqdm(total=len(images), unit="image", desc="encoding", disable=not images) as bar:
-        for start in range(0, len(images), chunk):
-            part = images[start : start + chunk]
+    with encoder, tqdm(total=len(files), unit="file", desc="encoding", disable=not files) as bar:
+        for start in range(0, len(files), chunk):
+            part = files[start : start + chunk]
             result = encoder.encode_lenient(part)
             vectors.append(result.vectors)
             kept.extend(str(part[i]) for i in result.indices)

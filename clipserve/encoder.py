@@ -10,7 +10,7 @@ import numpy as np
 
 from clipserve.errors import InvalidInput
 from clipserve.families import load_model
-from clipserve.inputs import Item, to_item
+from clipserve.inputs import AUDIO_RATE, Item, to_item
 from clipserve.pipeline import Pipeline
 from clipserve.settings import EngineSettings, options_doc, resolve
 from clipserve.zoo import ModelSpec, get_spec
@@ -137,11 +137,24 @@ class Encoder:
         float arrays (``[3, H, W]`` each, or one ``[N, 3, H, W]`` array)."""
         return self._strict([self._sniff(i, v, expect="image") for i, v in enumerate(_as_list(images))])
 
+    def encode_audio(self, clips: Sequence[Any], sample_rate: int | None = None) -> np.ndarray:
+        """Embed audio (models with an audio tower: AudioCLIP): files and their bytes (WAV, FLAC,
+        OGG Vorbis/Opus, MP3), data URIs, or sample arrays (float ``[n]`` or ``[n, channels]`` in
+        [-1, 1], or int16) at ``sample_rate`` (default 44.1 kHz)."""
+        items = []
+        for index, value in enumerate(_as_list(clips)):
+            if isinstance(value, np.ndarray):
+                items.append(Item(index, "audio", "waveform", (value, sample_rate or AUDIO_RATE)))
+            else:
+                items.append(self._sniff(index, value, expect="audio"))
+        return self._strict(items)
+
     def rank(self, query: Any, candidates: Sequence[Any]) -> list[RankedMatch]:
-        """Rank ``candidates`` by similarity to ``query`` (image→texts, text→images, …), best first.
+        """Rank ``candidates`` by similarity to ``query`` (image→texts, text→images, audio→texts, …),
+        best first.
 
         ``clip_score`` is the softmax over the candidates of ``logit_scale × cosine``, as in
-        clip-as-service's ``/rank``.
+        clip-as-service's ``/rank``, with the model's temperature for each pair of modalities.
         """
         candidates = _as_list(candidates)
         if not candidates:
@@ -156,14 +169,14 @@ class Encoder:
 
     def _sniff(self, index: int, value: Any, expect: str | None = None) -> Item:
         item = to_item(index, value, self.settings.allow_url)
-        if expect is not None and item.modality != expect:
-            what = (
-                "a string that is neither a file, a data URI nor a URL"
-                if item.kind == "text"
-                else item.modality
-            )
-            raise InvalidInput(f"not an {expect}: {what}", index)
-        return item
+        if expect is None or item.modality == expect:
+            return item
+        if item.kind == "url":  # what a URL holds is the caller's word
+            return Item(index, expect, "url", item.value)
+        what = (
+            "a string that is neither a file, a data URI nor a URL" if item.kind == "text" else item.modality
+        )
+        raise InvalidInput(f"not {'an image' if expect == 'image' else expect}: {what}", index)
 
     def _strict(self, items: list[Item]) -> np.ndarray:
         vectors, errors = self.pipeline.encode(items, stop_on_error=True)

@@ -17,6 +17,12 @@ def echo(value: object, limit: int = ECHO_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def listed(names: list[str], limit: int = 8) -> str:
+    """``names`` for a message: the first ``limit`` and how many more, or ``none``."""
+    shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    return shown or "none"
+
+
 class ClipserveError(Exception):
     """Base class of every error clipserve raises on purpose."""
 

@@ -4,7 +4,8 @@ Library values (:func:`to_item`): a ``str`` that is a data URI or names an exist
 image (or audio, by its content); an ``http(s)://`` string is a URL only when URLs are allowed; any
 other ``str`` is text. ``bytes`` and ``Path`` are sniffed by content (image or audio); ``PIL``
 images and ``[H, W, 3]`` uint8 arrays are images; float ``[3, H, W]`` arrays (or torch tensors) are
-already-preprocessed image pixels.
+already-preprocessed image pixels; float ``[n]`` or ``[n, channels]`` arrays and int16 arrays are
+audio samples at 44.1 kHz (:meth:`clipserve.Encoder.encode_audio` takes another rate).
 
 Wire values (:func:`wire_item`, the server's ``{"text": ...}``/``{"image": ...}`` fields and
 OpenAI's strings) stay undecoded here: base64 and data URIs are decoded later, in a worker thread,
@@ -26,7 +27,9 @@ from PIL import Image
 
 from clipserve.errors import InvalidInput, echo
 
-Kind = Literal["text", "path", "bytes", "base64", "data_uri", "url", "pil", "array", "pixels"]
+Kind = Literal["text", "path", "bytes", "base64", "data_uri", "url", "pil", "array", "pixels", "waveform"]
+AUDIO_RATE = 44_100
+"""The sample rate assumed for audio arrays given without one."""
 URL_SCHEMES = ("http://", "https://")
 
 
@@ -64,8 +67,11 @@ def to_item(index: int, value: Any, allow_url: bool = False) -> Item:
             return Item(index, "image", "array", value)
         if np.issubdtype(value.dtype, np.floating) and value.ndim == 3:
             return Item(index, "image", "pixels", value)
+        if (np.issubdtype(value.dtype, np.floating) or value.dtype == np.int16) and value.ndim in (1, 2):
+            return Item(index, "audio", "waveform", (value, AUDIO_RATE))
         raise InvalidInput(
-            f"arrays must be uint8 [H, W, 3] RGB images or float [3, H, W] preprocessed pixels, "
+            "arrays must be uint8 [H, W, 3] RGB images, float [3, H, W] preprocessed pixels, or audio "
+            "samples (float in [-1, 1] or int16, [n] or [n, channels]), "
             f"got {value.dtype} {list(value.shape)}",
             index,
         )

@@ -21,7 +21,7 @@ from clipserve.batching import by_cost, chunks, prefetched
 from clipserve.errors import InvalidInput
 from clipserve.families.base import Model, Tower
 from clipserve.fetch import ByteBudget, fetch_url
-from clipserve.inputs import Item, decode_base64, decode_data_uri, sniff_bytes
+from clipserve.inputs import Item, decode_base64, decode_data_uri
 from clipserve.resources import available_cpus
 from clipserve.settings import EngineSettings
 
@@ -84,8 +84,7 @@ class Pipeline:
             data = decode_data_uri(item.value, item.index)
         else:
             return item
-        modality = sniff_bytes(data[:16]) if item.kind == "url" else item.modality
-        return Item(item.index, modality, "bytes", data)
+        return Item(item.index, item.modality, "bytes", data)
 
     def prepare(self, item: Item, budget: ByteBudget | None = None) -> Any:
         """Resolve the item's source and prepare it for its tower (on a worker for heavy towers)."""

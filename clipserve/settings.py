@@ -70,6 +70,7 @@ class EngineSettings:
         100.0, "most extreme image side ratio (a 1 x 10,000,000 strip is refused, not resized)"
     )
     max_text_chars: int = setting(16_384, "longest text in characters")
+    max_audio_s: float = setting(60.0, "longest audio clip in seconds, checked before decoding")
 
     @property
     def max_fetch_bytes(self) -> int:
@@ -100,7 +101,9 @@ class ServerSettings(EngineSettings):
     max_urls: int = setting(16, "most URL items in one request (413 beyond)")
     max_request_fetch_mb: float = setting(64.0, "most bytes the URL items of one request may download")
     max_inflight_items: int = setting(
-        2048, "most items being prepared or embedded at once; beyond it 503 + Retry-After"
+        2048,
+        "most items being prepared or embedded at once (an audio clip counts as the 5-second windows "
+        "it may hold); beyond it 503 + Retry-After",
     )
     max_inflight_mb: float = setting(
         128.0, "most request-body bytes being handled at once; beyond it 503 + Retry-After"

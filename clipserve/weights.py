@@ -187,7 +187,7 @@ def find_checkpoint(spec: ModelSpec, root: Path) -> Path:
         if path:
             return path
     if spec.url:
-        path = _download_url(spec.url, target, search)
+        path = _download_url(spec.url, target, search, spec.sha256, spec.size)
         if path:
             return path
     raise search.fail()
@@ -259,7 +259,9 @@ def _download_from_hub(spec: ModelSpec, target: Path, search: Search) -> Path | 
     return None
 
 
-def _download_url(url: str, target: Path, search: Search) -> Path | None:
+def _download_url(url: str, target: Path, search: Search, sha256: str = "", size: int = 0) -> Path | None:
+    """Download ``url`` into ``target``, checked against ``sha256`` and ``size`` when given (else
+    against a checksum the URL's path carries, as OpenAI's do)."""
     target.mkdir(parents=True, exist_ok=True)
     dest = target / Path(urllib.parse.urlparse(url).path).name
     try:
@@ -277,10 +279,17 @@ def _download_url(url: str, target: Path, search: Search) -> Path | None:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         search.looked.append(f"URL {url}: {exc}")
         return None
-    expected = _SHA256_IN_URL.search(url)
-    if expected and digest.hexdigest() != expected.group(1):
+    in_url = _SHA256_IN_URL.search(url)
+    expected = sha256 or (in_url.group(1) if in_url else "")
+    got = os.path.getsize(tmp.name)
+    problem = ""
+    if size and got != size:
+        problem = f"{got} bytes, expected {size}"
+    elif expected and digest.hexdigest() != expected:
+        problem = f"checksum mismatch (got sha256 {digest.hexdigest()})"
+    if problem:
         os.unlink(tmp.name)
-        search.looked.append(f"URL {url}: checksum mismatch (got sha256 {digest.hexdigest()})")
+        search.looked.append(f"URL {url}: {problem}")
         return None
     shutil.move(tmp.name, dest)
     return dest

@@ -62,6 +62,10 @@ class ModelSpec:
     """The zoo model whose image tower this one pairs with its text tower (M-CLIP)."""
     text_base: str = ""
     """The base transformer of a separate text encoder (M-CLIP's ``modelBase``)."""
+    sha256: str = ""
+    """The checksum of the weights file at ``url``, when its publisher recorded one (AudioCLIP)."""
+    size: int = 0
+    """The size in bytes of the weights file at ``url``, when known."""
 
     @property
     def name(self) -> str:

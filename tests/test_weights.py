@@ -117,3 +117,20 @@ def test_onnx_export_is_cached_and_reused(tmp_path, random_model, monkeypatch) -
     assert second.info()["weights"] == export_dir
     assert factory.onnx_model_dir(second.spec, checkpoint, tmp_path).as_posix() == export_dir
     assert cosines(first.encode_text(["a"]), second.encode_text(["a"]))[0] > 0.99999
+
+
+def test_a_recorded_size_and_checksum_are_checked(tmp_path, monkeypatch, loopback_files) -> None:
+    """AudioCLIP's release assets carry no checksum in their URL: the zoo records size and sha256."""
+    base, files = loopback_files
+    payload = b"weights" * 1000
+    files["/v0.1/AudioCLIP-Full-Training.pt"] = payload
+    monkeypatch.setattr("clipserve.weights.offline", lambda: False)
+    spec = get_spec("AudioCLIP::full")
+    assert spec.size == 537_302_068 and len(spec.sha256) == 64
+    url = f"{base}/v0.1/AudioCLIP-Full-Training.pt"
+    with pytest.raises(WeightsUnavailable, match="7000 bytes, expected 537302068"):
+        find_checkpoint(dataclasses.replace(spec, url=url), tmp_path)
+    with pytest.raises(WeightsUnavailable, match="checksum mismatch"):
+        find_checkpoint(dataclasses.replace(spec, url=url, size=len(payload)), tmp_path)
+    good = dataclasses.replace(spec, url=url, size=len(payload), sha256=hashlib.sha256(payload).hexdigest())
+    assert find_checkpoint(good, tmp_path).read_bytes() == payload

@@ -28,10 +28,25 @@ def export_onnx(spec: ModelSpec, checkpoint: Path, out_dir: Path, tokenizer_dir:
     """Export ``checkpoint`` (weights of ``spec``) into ``out_dir``; returns ``out_dir``.
 
     A Hugging Face tokenizer (``tokenizer_dir``) is copied into the export, which then runs alone.
+    """
+    return export_model(spec, load_open_clip_model(spec, checkpoint), out_dir, checkpoint, tokenizer_dir)
+
+
+def export_model(
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    out_dir: Path,
+    source: Path,
+    tokenizer_dir: Path | None = None,
+    extra_towers: dict[str, tuple[torch.nn.Module, torch.Tensor, str, dict]] | None = None,
+    extra_meta: dict | None = None,
+) -> Path:
+    """Export an open_clip ``model``'s image and text towers, and ``extra_towers`` (file name →
+    module, example input, input name, dynamic axes), into ``out_dir``.
+
     The export is written beside ``out_dir`` first and renamed into place, so a crash or a
     concurrent export never leaves a half-written model where the runtime looks.
     """
-    model = load_open_clip_model(spec, checkpoint)
     with staged_dir(out_dir) as staging:
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         height, width = spec.image_size
@@ -45,6 +60,9 @@ def export_onnx(spec: ModelSpec, checkpoint: Path, out_dir: Path, tokenizer_dir:
         log.info("exporting %s text tower to ONNX (dynamic length: %s)", spec.name, dynamic_length)
         tower = TextTower(model, spec.text_trim, spec.eos_id)
         _export(tower, example_tokens(spec), "tokens", text_axes, staging / "text.onnx")
+        for name, (module, example, input_name, axes) in (extra_towers or {}).items():
+            log.info("exporting %s %s to ONNX", spec.name, name)
+            _export(module, example, input_name, axes, staging / name)
         meta = {
             "model": spec.name,
             "spec": dataclasses.asdict(spec),
@@ -54,8 +72,9 @@ def export_onnx(spec: ModelSpec, checkpoint: Path, out_dir: Path, tokenizer_dir:
             "text_dynamic_length": dynamic_length,
             "export_format": EXPORT_FORMAT,
             "precision": "fp32",
-            "source": str(checkpoint),
+            "source": str(source),
             "exporter": f"torch {torch.__version__}, opset {OPSET}",
+            **(extra_meta or {}),
         }
         write_export_meta(staging, meta, tokenizer_dir)
     return out_dir

@@ -20,7 +20,7 @@ from torch import nn
 
 from clipserve.backends.base import check_precision
 from clipserve.backends.torch import resolve_device
-from clipserve.errors import WeightsUnavailable
+from clipserve.errors import WeightsUnavailable, listed
 from clipserve.families.hf_configs import config_dir
 from clipserve.weights import EXPORT_FORMAT, staged_dir, write_export_meta
 
@@ -77,13 +77,9 @@ def load_mean_pooled(directory: Path, base: str, dim: int) -> MeanPooledEncoder:
     if result.missing_keys or result.unexpected_keys:
         raise WeightsUnavailable(
             f"{directory} does not fit a {base} text encoder of dimension {dim}: missing "
-            f"{_few(result.missing_keys)}; unexpected {_few(result.unexpected_keys)}"
+            f"{listed(result.missing_keys)}; unexpected {listed(result.unexpected_keys)}"
         )
     return model
-
-
-def _few(keys: list[str]) -> str:
-    return (", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")) or "none"
 
 
 class TorchTextEncoder:

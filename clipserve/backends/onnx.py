@@ -85,7 +85,11 @@ class OnnxBackend:
             open_session(model_dir / "image.onnx", providers, spin=False) if "image" in towers else None
         )
         self._text = open_session(model_dir / "text.onnx", providers, spin=spin) if "text" in towers else None
+        self._audio = (
+            open_session(model_dir / "audio.onnx", providers, spin=False) if "audio" in towers else None
+        )
         self.providers = (self._image or self._text).get_providers()
+        self.logit_scales = meta.get("logit_scales", {"logit_scale": self.logit_scale})
         log.info("onnx backend: %s on %s with %s from %s", spec.name, device, self.providers, model_dir)
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
@@ -93,6 +97,10 @@ class OnnxBackend:
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         return self._text.run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.int64)})[0]
+
+    def encode_audio(self, samples: np.ndarray) -> np.ndarray:
+        """``[n, 220500]`` samples in the 16-bit range → ``[n, 1024]`` (AudioCLIP; not normalised)."""
+        return self._audio.run(None, {"audio": np.ascontiguousarray(samples, dtype=np.float32)})[0]
 
     def info(self) -> dict[str, object]:
         return {

@@ -22,7 +22,7 @@ from clipserve.weights import ONNX_MARKER, TOKENIZER_DIR, staged_dir, write_expo
 
 log = logging.getLogger(__name__)
 
-TOWERS = ("image.onnx", "text.onnx")
+TOWERS = ("image.onnx", "text.onnx", "audio.onnx")
 INT8_OP_TYPES = ["MatMul", "Gemm"]
 
 

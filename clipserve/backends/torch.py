@@ -126,18 +126,25 @@ class TorchBackend:
     """Runs an open_clip model; see :class:`clipserve.backends.base.Backend`."""
 
     def __init__(
-        self, spec: ModelSpec, checkpoint: Path, device: str = "cpu", precision: str = "fp32"
+        self,
+        spec: ModelSpec,
+        checkpoint: Path,
+        device: str = "cpu",
+        precision: str = "fp32",
+        model: nn.Module | None = None,
     ) -> None:
+        """``model``: an open_clip model already loaded from ``checkpoint`` (AudioCLIP's CLIP part)."""
         self.device = resolve_device(device)
         check_precision(precision, "torch", self.device.type)
         self.spec = spec
         self.precision = precision
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.checkpoint = checkpoint
-        try:
-            model = load_open_clip_model(spec, checkpoint)
-        except RuntimeError as exc:
-            raise UnsupportedModel(f"cannot load {checkpoint} as {spec.name}: {exc}") from exc
+        if model is None:
+            try:
+                model = load_open_clip_model(spec, checkpoint)
+            except RuntimeError as exc:
+                raise UnsupportedModel(f"cannot load {checkpoint} as {spec.name}: {exc}") from exc
         self.model = model.to(self.device, self.dtype)
         self.logit_scale = model.logit_scale.exp().item()
         self.text_dynamic_length = spec.text_truncatable

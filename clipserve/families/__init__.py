@@ -17,6 +17,7 @@ from clipserve.zoo import ModelSpec
 LOADERS: dict[str, str] = {
     "open_clip": "clipserve.families.openclip:OpenClipModel",
     "mclip": "clipserve.families.mclip:MClipModel",
+    "audioclip": "clipserve.families.audioclip:AudioClipModel",
 }
 """family → ``module:class`` of its loader (imported on use: a family may need optional extras)."""
 

@@ -30,6 +30,9 @@ class Tower:
     heavy: bool = True
     max_batch: int | None = None
     """Most items per model call for this tower, below the ``batch_size`` setting (None: no cap)."""
+    weight: int = 1
+    """How many items one of this modality counts for in a server's in-flight limit (an audio clip
+    counts as the 5-second windows it may hold: each is as heavy as a batch of images)."""
 
 
 class Model(Protocol):

@@ -81,9 +81,11 @@ class EncodingService:
         a bad item reaches the model.
         """
         self.check_request(items)
-        if self._inflight_items and self._inflight_items + len(items) > self.settings.max_inflight_items:
+        towers = self.pipeline.model.towers
+        weight = sum(towers[item.modality].weight if item.modality in towers else 1 for item in items)
+        if self._inflight_items and self._inflight_items + weight > self.settings.max_inflight_items:
             raise Overloaded(f"{self._inflight_items} items are being handled; retry later")
-        self._inflight_items += len(items)
+        self._inflight_items += weight
         try:
             payloads = await self._prepare(items)
             by_modality: dict[str, list[int]] = {}
@@ -96,7 +98,7 @@ class EncodingService:
                 )
             )
         finally:
-            self._inflight_items -= len(items)
+            self._inflight_items -= weight
         vectors = np.empty((len(items), self.pipeline.dim), dtype=np.float32)
         for positions, rows in zip(by_modality.values(), results, strict=True):
             vectors[positions] = np.asarray(rows)
