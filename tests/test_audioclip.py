@@ -83,6 +83,18 @@ def test_torch_and_onnx_agree(encoders) -> None:
     assert cosines(onnx_vectors, torch_vectors).min() >= 0.9999
 
 
+def test_int8_keeps_the_audio_tower_fp32(checkpoint, encoders) -> None:
+    from clipserve.encoder import Encoder
+
+    fp32 = encoders("onnx")
+    int8 = Encoder(NAME, precision="int8", weights=checkpoint, cache_dir=fp32.settings.cache_dir)
+    clips = [tone(440, 5.0), tone(1000, 7.0, amplitude=0.2)]
+    np.testing.assert_allclose(int8.encode_audio(clips), fp32.encode_audio(clips), atol=1e-6)
+    assert cosines(int8.encode_text(TEXTS), fp32.encode_text(TEXTS)).min() >= 0.99
+    assert cosines(int8.encode(IMAGES), fp32.encode(IMAGES)).min() >= 0.99
+    assert int8.info()["precision"] == "int8"
+
+
 def _encoded(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
     import soundfile
 
