@@ -1,6 +1,11 @@
 # The two commands of the README: `make setup` (once) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Jina executors run in environments of their own (one per docarray generation, ONNX only, no
+# torch), built with uv: pip cannot resolve jina's dependencies.
+JINA_V2 := .venv-jina
+JINA_V1 := .venv-jina-docarray-v1
+UV := $(VENV)/bin/uv
 
 .PHONY: setup test lint bench zoo
 
@@ -8,6 +13,11 @@ setup:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[torch,server,audio,dev]'
+	$(UV) venv --quiet --allow-existing -p $(PY) $(JINA_V2)
+	$(UV) pip install --quiet -p $(JINA_V2)/bin/python -e '.[jina,audio]' 'pytest>=8'
+	$(UV) venv --quiet --allow-existing -p $(PY) $(JINA_V1)
+	$(UV) pip install --quiet -p $(JINA_V1)/bin/python -e '.[jina-docarray-v1,audio]' 'pytest>=8' \
+		'clip-client>=0.8,<0.9'
 
 lint:
 	$(VENV)/bin/ruff check .

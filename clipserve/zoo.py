@@ -102,6 +102,16 @@ def spec_from_row(row: dict) -> ModelSpec:
     )
 
 
+OTHER_NAMES = {
+    "ViT-L/14@336px": "ViT-L-14-336::openai",
+    "openai/clip-vit-base-patch32": "ViT-B-32::openai",
+    "openai/clip-vit-base-patch16": "ViT-B-16::openai",
+    "openai/clip-vit-large-patch14": "ViT-L-14::openai",
+    "openai/clip-vit-large-patch14-336": "ViT-L-14-336::openai",
+}
+"""Names other tools give the same weights: OpenAI's ``clip.load`` and Hugging Face's transformers."""
+
+
 @cache
 def _aliases() -> dict[str, str]:
     """Lower-cased lookup keys → canonical names, including ``-quickgelu`` and tag-less forms."""
@@ -116,15 +126,23 @@ def _aliases() -> dict[str, str]:
         arch = spec.arch.lower()
         if spec.tag == "openai" or arch not in aliases:
             aliases[arch] = spec.name
+    for spec in table.values():  # the Hugging Face repo of the weights (open_clip's ``hf-hub:`` names)
+        if spec.hf_hub:
+            aliases.setdefault(_normalise(spec.hf_hub.rstrip("/")), spec.name)
+    aliases.update({_normalise(name): canonical for name, canonical in OTHER_NAMES.items()})
     return aliases
 
 
 def _normalise(name: str) -> str:
-    return name.strip().replace("/", "-").lower()
+    return name.strip().removeprefix("hf-hub:").replace("/", "-").lower()
 
 
 def get_spec(name: str = DEFAULT_MODEL) -> ModelSpec:
     """Resolve a model name (``ARCH::TAG``, case-insensitive; ``ARCH`` alone picks its default tag).
+
+    Other tools' names resolve too: OpenAI's (``ViT-B/32``, ``ViT-L/14@336px``), Hugging Face
+    repos of the weights (``openai/clip-vit-base-patch32``, ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``,
+    ``hf-hub:`` prefixed as open_clip writes them).
 
     ``ViT-B-32::metaclip_400m`` resolves to the ``ViT-B-32-quickgelu`` entry, whose activation the
     weights were trained with, without the user naming it.

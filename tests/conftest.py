@@ -34,6 +34,9 @@ AWKWARD_TEXTS = [
     "tabs\tand\nnew\r\nlines",
 ]
 
+collect_ignore = [] if os.environ.get("CLIPSERVE_JINA_TESTS") else ["jina"]
+"""``tests/jina`` runs inside the Jina environments, started by ``tests/test_jina.py`` with the models."""
+
 os.environ["CLIPSERVE_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 

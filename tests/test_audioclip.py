@@ -37,10 +37,10 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def encoders(checkpoint, tmp_path_factory):
+def encoders(checkpoint, cache_root):
     from clipserve.encoder import Encoder
 
-    cache = tmp_path_factory.mktemp("audioclip-cache")
+    cache = cache_root  # shared with the Jina tests: the seeded checkpoint exports once
     built = {}
 
     def get(backend: str):

@@ -125,4 +125,25 @@ def test_hf_tokenizer_facts_come_from_the_configs() -> None:
     assert get_spec("ViT-L-14-CLIPA::datacomp1b").strip_sep_token
     assert get_spec("nllb-clip-base::v1").hf_text_model == "facebook/nllb-200-distilled-600M"
     families = {spec.family for spec in list_models()}
-    assert families == {"open_clip", "mclip"}
+    assert families == {"open_clip", "mclip", "audioclip"}
+
+
+@pytest.mark.parametrize(
+    ("other_name", "name"),
+    [
+        ("ViT-B/32", "ViT-B-32::openai"),
+        ("ViT-L/14@336px", "ViT-L-14-336::openai"),
+        ("RN50x4", "RN50x4::openai"),
+        ("openai/clip-vit-base-patch32", "ViT-B-32::openai"),
+        ("openai/clip-vit-large-patch14-336", "ViT-L-14-336::openai"),
+        ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "ViT-H-14::laion2b_s32b_b79k"),
+        ("hf-hub:laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "ViT-H-14::laion2b_s32b_b79k"),
+    ],
+)
+def test_openai_and_hugging_face_names_resolve(other_name, name) -> None:
+    assert get_spec(other_name).name == name
+
+
+def test_a_near_miss_of_a_hugging_face_name_suggests_the_model() -> None:
+    with pytest.raises(UnknownModel, match="Did you mean: ViT-B-32::openai"):
+        get_spec("openai/clip-vit-base-patch33")
