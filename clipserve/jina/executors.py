@@ -47,7 +47,8 @@ def open_encoder(
         "precision": precision,
         "num_workers": num_workers,
     }
-    return Encoder(model, **{name: value for name, value in options.items() if value is not None})
+    # Jina's gateway shares the CPUs: idle ONNX Runtime threads must sleep, not spin (as in the server).
+    return Encoder(model, spin=False, **{name: value for name, value in options.items() if value is not None})
 
 
 class ClipserveExecutor:
