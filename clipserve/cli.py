@@ -7,10 +7,9 @@ every one can also be a ``CLIPSERVE_<NAME>`` environment variable, and a flag wi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from clipserve import settings as config
 from clipserve.backends.base import PRECISION_DEVICES
 from clipserve.errors import ClipserveError
+from clipserve.files import collect_files, write_vectors
 from clipserve.preprocess.audio import is_audio_path
 from clipserve.preprocess.image import is_image_path
 from clipserve.settings import EngineSettings, ServerSettings
@@ -81,9 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     encode.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
     encode.add_argument(
-        "--output", "-o", type=Path, required=True, help="out.npy (+ out.ids.json) or out.parquet"
+        "--output",
+        "-o",
+        type=Path,
+        required=True,
+        help="out.npy (+ out.ids.json) or out.parquet; with --ray, a directory of parquet parts",
     )
     add_setting_flags(encode, EngineSettings)
+    ray = encode.add_argument_group("Ray Data (paths may also be globs and .parquet tables)")
+    ray.add_argument("--ray", action="store_true", help="embed on Ray Data; a rerun resumes the job")
+    ray.add_argument("--ray-address", "--address", help="Ray cluster to join (default: a local Ray)")
+    ray.add_argument("--actors", type=int, default=1, help="model replicas embedding in parallel")
+    ray.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (device cuda)")
+    ray.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor")
+    ray.add_argument("--shard-size", type=int, default=1024, help="inputs per parquet part")
 
     serve = commands.add_parser(
         "serve", allow_abbrev=False, help="run the HTTP server (needs the server extra)"
@@ -171,9 +182,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings = config.resolve(ServerSettings, args.config, **given_settings(args, ServerSettings))
+    if settings.ray:
+        from clipserve.ray.serve import run
+
+        run(settings)
+        return 0
     from clipserve.server.run import serve
 
-    serve(config.resolve(ServerSettings, args.config, **given_settings(args, ServerSettings)), args.verbose)
+    serve(settings, args.verbose)
     return 0
 
 
@@ -205,15 +222,33 @@ def _age(timestamp: float) -> str:
     return f"{days:.1f} d ago" if days >= 1 else f"{days * 24:.1f} h ago"
 
 
-def collect_files(paths: Sequence[Path], wanted: Callable[[Path], bool]) -> list[Path]:
-    """Files as given, folders searched recursively for the ``wanted`` files (sorted)."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and wanted(p)))
-        else:
-            found.append(path)
-    return found
+def encode_on_ray(args: argparse.Namespace, settings: EngineSettings) -> int:
+    """``clipserve encode --ray``: the job of :func:`clipserve.ray.data.run_job`."""
+    from clipserve.ray.data import entries_from, run_job
+    from clipserve.zoo import get_spec
+
+    hears = get_spec(settings.model).family == "audioclip"
+    entries = entries_from(args.paths, args.text, lambda p: is_image_path(p) or (hears and is_audio_path(p)))
+    report = run_job(
+        entries,
+        args.output,
+        settings,
+        shard_size=args.shard_size,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor,
+        address=args.ray_address,
+    )
+    resumed = f" ({report.skipped_shards} parts were already there)" if report.skipped_shards else ""
+    print(
+        f"wrote {report.vectors} vectors in {report.shards} parts to {report.output}{resumed}",
+        file=sys.stderr,
+    )
+    if report.errors:
+        print(f"skipped {len(report.errors)} bad inputs:", file=sys.stderr)
+        for identifier, reason in report.errors:
+            print(f"  {identifier}: {reason}", file=sys.stderr)
+    return 0 if report.vectors else 1
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -223,6 +258,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         print("error: nothing to encode: give image or audio paths/folders, or --text", file=sys.stderr)
         return 2
     settings = config.resolve(EngineSettings, **given_settings(args, EngineSettings))
+    if args.ray:
+        return encode_on_ray(args, settings)
     encoder = Encoder(settings=settings)
     hears = "audio" in encoder.modalities  # folders give audio files only to a model that embeds audio
     files = collect_files(args.paths, lambda p: is_image_path(p) or (hears and is_audio_path(p)))
@@ -245,26 +282,6 @@ def cmd_encode(args: argparse.Namespace) -> int:
         for path, reason in skipped:
             print(f"  {path}: {reason}", file=sys.stderr)
     return 0 if kept else 1
-
-
-def write_vectors(path: Path, vectors: np.ndarray, ids: list[str]) -> None:
-    """``.parquet`` (columns id, vector) or ``.npy`` with the ids beside it in ``.ids.json``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise ClipserveError("writing .parquet needs pyarrow: pip install 'clipserve[parquet]'") from exc
-
-        vector_type = pa.list_(pa.float32(), vectors.shape[1])
-        column = pa.FixedSizeListArray.from_arrays(
-            pa.array(vectors.reshape(-1), pa.float32()), vectors.shape[1]
-        )
-        pq.write_table(pa.table({"id": pa.array(ids, pa.string()), "vector": column.cast(vector_type)}), path)
-    else:
-        np.save(path, vectors)
-        path.with_suffix(".ids.json").write_text(json.dumps(ids, ensure_ascii=False, indent=0) + "\n")
 
 
 if __name__ == "__main__":

@@ -111,12 +111,19 @@ class Encoder:
         """
         return self._strict([self._sniff(i, value) for i, value in enumerate(_as_list(inputs))])
 
-    def encode_lenient(self, inputs: Sequence[Any] | np.ndarray) -> EncodeResult:
-        """Like :meth:`encode`, but skips bad items and reports them instead of raising."""
+    def encode_lenient(self, inputs: Sequence[Any] | np.ndarray, modality: str | None = None) -> EncodeResult:
+        """Like :meth:`encode`, but skips bad items and reports them instead of raising.
+
+        ``modality`` (``text``, ``image``, ``audio``) makes every input one of that modality (with
+        ``text``, every string is text, even one naming a file); by default each is detected.
+        """
         items, errors = [], []
         for index, value in enumerate(_as_list(inputs)):
             try:
-                items.append(self._sniff(index, value))
+                if modality == "text":
+                    items.append(Item(index, "text", "text", str(value)))
+                else:
+                    items.append(self._sniff(index, value, expect=modality))
             except InvalidInput as exc:
                 errors.append(exc)
         vectors, failed = self.pipeline.encode(items, stop_on_error=False)

@@ -28,7 +28,8 @@ def limit_malloc_arenas(count: int = 2) -> None:
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on: the affinity mask, capped by a cgroup v2 CPU quota."""
+    """CPUs this process may run on: the affinity mask, capped by a cgroup v2 CPU quota and by
+    ``OMP_NUM_THREADS`` when set (Ray sets it to an actor's ``num_cpus``)."""
     try:
         count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -39,4 +40,7 @@ def available_cpus() -> int:
             count = min(count, max(1, math.ceil(int(quota) / int(period))))
     except (OSError, ValueError):
         pass
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        count = min(count, int(threads))
     return max(1, count)

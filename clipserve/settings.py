@@ -110,6 +110,24 @@ class ServerSettings(EngineSettings):
     )
     ssl_certfile: str | None = setting(None, "TLS certificate (PEM) to serve HTTPS")
     ssl_keyfile: str | None = setting(None, "TLS private key (PEM)")
+    ray: bool = setting(False, "serve on Ray Serve: replicas across CPUs, GPUs and nodes (ray extra)")
+    ray_address: str | None = setting(
+        None, "Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local Ray)"
+    )
+    replicas: int = setting(1, "Ray: replicas of the model (each holds one copy)")
+    min_replicas: int = setting(1, "Ray autoscaling: fewest replicas (with max_replicas)")
+    max_replicas: int = setting(0, "Ray autoscaling: most replicas; 0 keeps `replicas` fixed")
+    target_ongoing_requests: float = setting(
+        16.0, "Ray autoscaling: requests in flight per replica to aim for (batching wants several)"
+    )
+    max_ongoing_requests: int = setting(
+        128, "Ray: most requests a replica takes at once; more wait in Ray's queue"
+    )
+    ray_request_timeout_s: float = setting(
+        120.0, "Ray: longest time a request may take end to end; beyond it 503 (e.g. its replica died)"
+    )
+    replica_cpus: float = setting(1.0, "Ray: CPUs reserved per replica (its decode and inference threads)")
+    replica_gpus: float = setting(0.0, "Ray: GPUs per replica (with device cuda)")
 
     @property
     def max_body_bytes(self) -> int:

@@ -38,6 +38,10 @@ collect_ignore = [] if os.environ.get("CLIPSERVE_JINA_TESTS") else ["jina"]
 """``tests/jina`` runs inside the Jina environments, started by ``tests/test_jina.py`` with the models."""
 
 os.environ["CLIPSERVE_OFFLINE"] = "1"
+# Before Ray is imported: a single-node Ray then addresses and listens on 127.0.0.1 only (it reads
+# the node address once, at import), and sends no usage statistics.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
@@ -169,3 +173,29 @@ def loopback_files():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", files
     server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of 2 CPUs on 127.0.0.1 (one per test module), with clipserve's proxy middleware."""
+    import ray
+
+    from clipserve.ray.serve import PROXY_ENV
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"CLIPSERVE_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **PROXY_ENV}},
+    )
+    yield ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def vit_onnx_export(encoder_for) -> str:
+    """The ONNX export of the random ViT-B-32 (the Ray tests' model)."""
+    return encoder_for("ViT-B-32::openai", "onnx").info()["weights"]

@@ -51,6 +51,8 @@ OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redi
 INLINE_JSON_BYTES = 64 * 1024
 """Bodies up to this size are parsed on the event loop (faster than a thread hop); larger ones off it."""
 RETRY_AFTER_S = "1"
+SERVED_BY_HEADER = b"x-clipserve-model"
+"""On every answer of the app: the model that answered (and, behind a proxy, that the app did)."""
 JSON_VALUES_PER_ITEM = 4
 """An item is an object with one key, and a comma: 3 structural characters; 4 leaves slack."""
 
@@ -320,6 +322,7 @@ class RequestGuard:
         self.max_bytes = service.settings.max_body_bytes
         self.max_inflight = service.settings.max_inflight_bytes
         self.inflight = 0
+        self.served_by = (SERVED_BY_HEADER, service.encoder.spec.name.encode())
 
     def admit(self, scope) -> int:
         """The body bytes the request reserves; raises why it is refused before its body is read."""
@@ -358,6 +361,7 @@ class RequestGuard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), self.served_by]}
             await send(message)
 
         reserved = 0

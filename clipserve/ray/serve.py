@@ -1,0 +1,188 @@
+"""The HTTP service of ``clipserve serve`` as a Ray Serve deployment: replicas across CPUs, GPUs
+and nodes behind Ray's HTTP proxy.
+
+Each replica builds the very app ``clipserve serve`` runs (:func:`clipserve.server.app.create_app`:
+same routes, schemas, errors, auth, limits and metrics), handed to Ray through ``@serve.ingress``
+once the replica has loaded its model, so a replica is ready only when it can embed. Concurrent
+requests to a replica share model calls through the app's own dynamic batchers.
+
+Start it with ``clipserve serve --ray``, with ``serve run clipserve.ray:app model=… replicas=2``
+(or a Serve config file naming ``clipserve.ray:app``), or from Python with
+``serve.run(clipserve.ray.app(model=…, replicas=2))``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from clipserve.inputs import Item
+from clipserve.resources import limit_malloc_arenas
+from clipserve.server.app import SERVED_BY_HEADER, create_app, error_response
+from clipserve.settings import ServerSettings, resolve
+
+log = logging.getLogger(__name__)
+PROXY_LOG = logging.getLogger("ray.serve")
+"""Ray's own logger in its proxy: what the proxy middleware says lands in the proxy's log."""
+
+DEPLOYMENT = "clipserve"
+GRACEFUL_SHUTDOWN_S = 30.0
+HEALTH_CHECK_PERIOD_S = 10.0
+
+
+@serve.ingress()
+class ClipserveReplica:
+    """One replica: one model on its device, serving clipserve's FastAPI app."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        limit_malloc_arenas()
+        self.asgi_app = create_app(settings)  # loads the model: the replica is not ready before
+        self.service = self.asgi_app.state.service
+        log.info("replica %s serves %s", os.getpid(), self.service.encoder.info())
+
+    def __serve_build_asgi_app__(self):
+        return self.asgi_app
+
+    async def check_health(self) -> None:
+        """Ray's periodic health check: one tiny item through the model (Ray replaces the replica
+        when it raises)."""
+        if "text" in self.service.encoder.modalities:
+            await self.service.embed([Item(0, "text", "text", "health check")])
+
+
+class ReplicaLossAs503:
+    """Middleware of Ray Serve's HTTP proxy: a request whose replica died before answering gets a
+    clear ``503`` with ``Retry-After`` (clipserve's clients retry it), never a bare 500 or a hang.
+
+    When a replica dies, Ray's proxy ends the requests it held without an answer (its server then
+    sends ``500 Internal Server Error``), answers 500 itself, or, for a request caught in the
+    reassignment, answers nothing until Ray's ``request_timeout_s`` (then 408). Every answer of
+    clipserve's app carries ``x-clipserve-model``: a 500 or 408 without it, or no answer at all, is
+    the proxy's. Ray installs this middleware in its proxy from the variable of :data:`PROXY_ENV`,
+    which must be in the environment of the Ray job that starts Serve
+    (``ray.init(runtime_env={"env_vars": PROXY_ENV})``, as ``clipserve serve --ray`` does) or of
+    the cluster's nodes.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = replaced = False
+
+        async def guarded_send(message) -> None:
+            nonlocal started, replaced
+            if replaced:
+                return  # the rest of the proxy's own answer
+            if message["type"] == "http.response.start":
+                ours = any(name.lower() == SERVED_BY_HEADER for name, _ in message.get("headers", []))
+                if message["status"] in (408, 500) and not ours:
+                    replaced = True
+                    await self._unavailable(scope, receive, send, message["status"])
+                    return
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Exception:
+            if started or replaced:
+                raise
+            replaced = True
+            await self._unavailable(scope, receive, send, None)
+        if not (started or replaced):
+            await self._unavailable(scope, receive, send, None)
+
+    @staticmethod
+    async def _unavailable(scope, receive, send, proxy_status: int | None) -> None:
+        PROXY_LOG.warning(
+            "a request to %s lost its replica (proxy status %s): answering 503", scope["path"], proxy_status
+        )
+        detail = "the replica handling this request stopped before answering; retry"
+        answer = error_response(scope["path"], {}, 503, "ReplicaUnavailable", detail, None)
+        answer.headers["Retry-After"] = "1"
+        await answer(scope, receive, send)
+
+
+def proxy_middlewares() -> list:
+    """The middlewares of clipserve's Ray Serve proxy (Ray's proxy callback, see :data:`PROXY_ENV`)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(ReplicaLossAs503)]
+
+
+PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": f"{__name__}:proxy_middlewares"}
+"""The environment that makes Ray Serve's proxy install :func:`proxy_middlewares`."""
+
+
+def http_options(settings: ServerSettings) -> dict[str, Any]:
+    """Ray Serve's proxy options: where it listens, and how long a request may take end to end."""
+    return {"host": settings.host, "port": settings.port, "request_timeout_s": settings.ray_request_timeout_s}
+
+
+def deployment_options(settings: ServerSettings) -> dict[str, Any]:
+    """Ray Serve options from the ``replicas``/autoscaling and resource settings."""
+    options: dict[str, Any] = {
+        "name": DEPLOYMENT,
+        "max_ongoing_requests": settings.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
+        "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+    }
+    if settings.max_replicas:
+        options["autoscaling_config"] = {
+            "min_replicas": settings.min_replicas,
+            "max_replicas": settings.max_replicas,
+            "target_ongoing_requests": settings.target_ongoing_requests,
+        }
+    else:
+        options["num_replicas"] = settings.replicas
+    return options
+
+
+def app(args: dict[str, Any] | None = None, /, **options: Any) -> Application:
+    """The Ray Serve application: ``serve.run(app(model="ViT-B-32::openai", replicas=2))``.
+
+    Every setting of ``clipserve serve`` applies (arguments, then ``CLIPSERVE_*`` variables, then
+    a YAML file given as ``config``). ``serve run clipserve.ray:app key=value …`` and Serve config
+    files pass their ``args`` as the dict ``args``.
+    """
+    given = {**(args or {}), **options}
+    config = given.pop("config", None)
+    return build(resolve(ServerSettings, config, **given))
+
+
+def build(settings: ServerSettings) -> Application:
+    """The application for ``settings``: one deployment of :class:`ClipserveReplica`."""
+    if settings.ssl_certfile or settings.ssl_keyfile:
+        raise ValueError("with Ray, TLS is Ray Serve's proxy's: ssl_certfile/ssl_keyfile do not apply")
+    settings.resolved_api_key()  # a missing or empty key file fails here, not in every replica
+    deployment = serve.deployment(ClipserveReplica).options(**deployment_options(settings))
+    return deployment.bind(settings)
+
+
+def run(settings: ServerSettings) -> None:
+    """``clipserve serve --ray``: join (or start) Ray, serve on ``host:port`` through Ray Serve's
+    proxy, and stop the application on SIGTERM/SIGINT."""
+    import ray
+
+    application = build(settings)
+    ray.init(address=settings.ray_address, runtime_env={"env_vars": PROXY_ENV}, log_to_driver=False)
+    serve.start(http_options=http_options(settings))
+    serve.run(application, name=DEPLOYMENT, route_prefix="/")
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    log.warning("serving %s on http://%s:%d through Ray Serve", settings.model, settings.host, settings.port)
+    stopped.wait()
+    serve.delete(DEPLOYMENT)
+    ray.shutdown()

@@ -1,0 +1,108 @@
+"""Ray Data: bulk embedding jobs (resumable), the map_batches class, and ``clipserve encode --ray``,
+on a local Ray of 2 CPUs (127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import cosines
+
+pytestmark = pytest.mark.slow
+NAME = "ViT-B-32::openai"
+
+
+def test_data_job_writes_encoder_vectors_in_order_and_resumes(
+    local_ray, vit_onnx_export, encoder_for, tmp_path
+) -> None:
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from clipserve.ray.data import Entry, run_job
+    from clipserve.settings import EngineSettings
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = []
+    for i in range(500):
+        path = folder / f"{i:04d}.png"
+        Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    (folder / "0007.png").write_bytes(b"not a png")  # a bad file: reported, not fatal
+    captions = [f"caption number {i} of a photo" for i in range(2000)]
+    entries = [Entry(str(p), str(p), None) for p in paths] + [Entry(f"text:{c}", c, "text") for c in captions]
+    settings = EngineSettings(model=NAME, weights=vit_onnx_export, batch_size=16)
+    output = tmp_path / "vectors"
+    first = run_job(entries, output, settings, shard_size=400, actors=2, progress=False)
+    assert (first.shards, first.skipped_shards, first.vectors) == (7, 0, 2499)
+    assert [identifier for identifier, _ in first.errors] == [str(folder / "0007.png")]
+
+    table = pq.read_table(sorted(output.glob("part-*.parquet")))
+    ids = table.column("id").to_pylist()
+    assert ids == [e.id for e in entries if not e.id.endswith("0007.png")]
+    vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
+    reference = encoder_for(NAME, "onnx")
+    good_paths = [p for p in paths if p.name != "0007.png"]
+    assert cosines(vectors[:499], reference.encode_image(good_paths)).min() >= 0.9999
+    assert cosines(vectors[499:], reference.encode_text(captions)).min() >= 0.9999
+
+    # an interruption: two parts never written, a half-written one left behind
+    kept = {p.name: p.stat().st_mtime_ns for p in output.glob("part-*.parquet")}
+    for lost in ("part-000002.parquet", "part-000005.parquet"):
+        (output / lost).unlink()
+        del kept[lost]
+    (output / ".part-000005.parquet.123.tmp").write_bytes(b"half")
+    second = run_job(entries, output, settings, shard_size=400, actors=2, progress=False)
+    assert (second.shards, second.skipped_shards, second.vectors) == (7, 5, 2499)
+    assert {p.name: p.stat().st_mtime_ns for p in output.glob("part-*.parquet") if p.name in kept} == kept
+    again = pq.read_table(sorted(output.glob("part-*.parquet")))
+    assert again.column("id").to_pylist() == ids
+    assert np.allclose(np.asarray(again.column("vector").to_pylist()), vectors, atol=1e-6)
+
+    with pytest.raises(Exception, match="holds a job with other"):
+        run_job(entries[:-1], output, settings, shard_size=400, progress=False)
+    assert json.loads((output / "_clipserve_job.json").read_text())["items"] == 2500
+
+
+def test_embed_batch_in_a_users_pipeline(local_ray, vit_onnx_export, encoder_for) -> None:
+    from clipserve.ray import EmbedBatch
+
+    captions = [f"a caption {i}" for i in range(100)]
+    dataset = local_ray.data.from_items([{"id": i, "text": c} for i, c in enumerate(captions)])
+    embedded = dataset.map_batches(
+        EmbedBatch,
+        fn_constructor_kwargs={
+            "column": "text",
+            "modality": "text",
+            "model": NAME,
+            "weights": vit_onnx_export,
+        },
+        concurrency=1,
+        batch_size=32,
+    )
+    rows = sorted(embedded.take_all(), key=lambda row: row["id"])
+    assert [row["error"] for row in rows] == [""] * 100 and "text" not in rows[0]
+    vectors = np.stack([row["vector"] for row in rows])
+    assert cosines(vectors, encoder_for(NAME, "onnx").encode_text(captions)).min() >= 0.9999
+
+
+def test_cli_encodes_a_folder_on_ray(
+    local_ray, vit_onnx_export, encoder_for, photo_paths, tmp_path, capsys
+) -> None:
+    import pyarrow.parquet as pq
+
+    from clipserve.cli import main
+
+    output = tmp_path / "out"
+    folder = Path(photo_paths[0]).parent
+    assert main(["encode", str(folder), "--ray", "--output", str(output), "--weights", vit_onnx_export]) == 0
+    table = pq.read_table(sorted(output.glob("part-*.parquet")))
+    files = sorted(str(p) for p in folder.rglob("*") if p.suffix in (".png", ".jpg"))
+    assert table.column("id").to_pylist() == files
+    vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
+    assert cosines(vectors, encoder_for(NAME, "onnx").encode_image(files)).min() >= 0.9999
+    assert "wrote 10 vectors" in capsys.readouterr().err
