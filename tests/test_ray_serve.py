@@ -134,3 +134,28 @@ def test_a_killed_replica_loses_no_request_silently(served, local_ray, encoder_f
         time.sleep(1)
     else:
         pytest.fail(f"the killed replica was not replaced: {status}")
+
+
+def test_the_builder_takes_serve_run_arguments_and_keywords() -> None:
+    """``serve run clipserve.ray:app replicas=3 …`` (strings, through Ray's builder check) and
+    Python keywords build the same deployment; autoscaling and resources map to Ray's options."""
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    import clipserve.ray
+
+    built = call_user_app_builder_with_args_if_necessary(
+        clipserve.ray.app, {"model": NAME, "replicas": "3", "replica_cpus": "4"}
+    )
+    config = built._bound_deployment._deployment_config
+    assert config.num_replicas == 3 and config.max_ongoing_requests == 128
+    assert built._bound_deployment.ray_actor_options["num_cpus"] == 4.0
+    scaled = clipserve.ray.app(model=NAME, max_replicas=8, target_ongoing_requests=32, replica_gpus=1)
+    autoscaling = scaled._bound_deployment._deployment_config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (
+        1,
+        8,
+        32,
+    )
+    assert scaled._bound_deployment.ray_actor_options["num_gpus"] == 1.0
+    with pytest.raises(ValueError, match="TLS is Ray Serve"):
+        clipserve.ray.app(model=NAME, ssl_certfile="cert.pem")

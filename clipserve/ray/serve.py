@@ -13,6 +13,7 @@ Start it with ``clipserve serve --ray``, with ``serve run clipserve.ray:app mode
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -154,11 +155,15 @@ def app(args: dict[str, Any] | None = None, /, **options: Any) -> Application:
 
     Every setting of ``clipserve serve`` applies (arguments, then ``CLIPSERVE_*`` variables, then
     a YAML file given as ``config``). ``serve run clipserve.ray:app key=value …`` and Serve config
-    files pass their ``args`` as the dict ``args``.
+    files (``import_path: clipserve.ray:app`` with ``args:``) pass their arguments as the dict ``args``.
     """
     given = {**(args or {}), **options}
     config = given.pop("config", None)
     return build(resolve(ServerSettings, config, **given))
+
+
+# Ray calls an application builder with one dict, and counts its parameters to check it can.
+app.__signature__ = inspect.Signature([inspect.Parameter("args", inspect.Parameter.POSITIONAL_ONLY)])
 
 
 def build(settings: ServerSettings) -> Application:
