@@ -6,10 +6,12 @@ PY := $(VENV)/bin/python
 JINA_V2 := .venv-jina
 JINA_V1 := .venv-jina-docarray-v1
 UV := $(VENV)/bin/uv
+# The playground's browser tests drive Debian's chromium (Playwright downloads no browser here).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup test lint bench zoo
+.PHONY: setup chromium test lint bench zoo
 
-setup:
+setup: chromium
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[torch,server,audio,ray,dev]'
@@ -18,6 +20,10 @@ setup:
 	$(UV) venv --quiet --allow-existing -p $(PY) $(JINA_V1)
 	$(UV) pip install --quiet -p $(JINA_V1)/bin/python -e '.[jina-docarray-v1,audio]' 'pytest>=8' \
 		'clip-client>=0.8,<0.9'
+
+chromium:
+	@command -v chromium >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+		|| ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -108,6 +108,7 @@ class ServerSettings(EngineSettings):
     max_inflight_mb: float = setting(
         128.0, "most request-body bytes being handled at once; beyond it 503 + Retry-After"
     )
+    playground: bool = setting(True, "serve the browser playground at / and /playground")
     ssl_certfile: str | None = setting(None, "TLS certificate (PEM) to serve HTTPS")
     ssl_keyfile: str | None = setting(None, "TLS private key (PEM)")
     ray: bool = setting(False, "serve on Ray Serve: replicas across CPUs, GPUs and nodes (ray extra)")

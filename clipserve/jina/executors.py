@@ -214,3 +214,31 @@ class AudioCLIPTextEncoderMixin(AudioCLIPMixin):
     """``AudioCLIPTextEncoder``: embeds text docs into AudioCLIP's space."""
 
     accepts = ("text",)
+
+
+MIXINS = (
+    CLIPImageEncoderMixin,
+    CLIPTextEncoderMixin,
+    CLIPEncoderMixin,
+    CLIPOnnxEncoderMixin,
+    AudioCLIPEncoderMixin,
+    AudioCLIPImageEncoderMixin,
+    AudioCLIPTextEncoderMixin,
+)
+
+
+def executor_classes(endpoints: type, module: str) -> tuple[type, ...]:
+    """The Jina executors of one docarray shell: each mixin above on the shell's ``endpoints``
+    (a Jina ``Executor`` with its ``@requests`` methods), named as the executor it replaces."""
+    return tuple(
+        type(
+            mixin.__name__.removesuffix("Mixin"),
+            (mixin, endpoints),
+            {
+                "__doc__": mixin.__doc__,
+                "__module__": module,
+                "__qualname__": mixin.__name__.removesuffix("Mixin"),
+            },
+        )
+        for mixin in MIXINS
+    )

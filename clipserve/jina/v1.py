@@ -46,29 +46,12 @@ class _Endpoints(Executor):
         return docs
 
 
-class CLIPImageEncoder(executors.CLIPImageEncoderMixin, _Endpoints):
-    __doc__ = executors.CLIPImageEncoderMixin.__doc__
-
-
-class CLIPTextEncoder(executors.CLIPTextEncoderMixin, _Endpoints):
-    __doc__ = executors.CLIPTextEncoderMixin.__doc__
-
-
-class CLIPEncoder(executors.CLIPEncoderMixin, _Endpoints):
-    __doc__ = executors.CLIPEncoderMixin.__doc__
-
-
-class CLIPOnnxEncoder(executors.CLIPOnnxEncoderMixin, _Endpoints):
-    __doc__ = executors.CLIPOnnxEncoderMixin.__doc__
-
-
-class AudioCLIPEncoder(executors.AudioCLIPEncoderMixin, _Endpoints):
-    __doc__ = executors.AudioCLIPEncoderMixin.__doc__
-
-
-class AudioCLIPImageEncoder(executors.AudioCLIPImageEncoderMixin, _Endpoints):
-    __doc__ = executors.AudioCLIPImageEncoderMixin.__doc__
-
-
-class AudioCLIPTextEncoder(executors.AudioCLIPTextEncoderMixin, _Endpoints):
-    __doc__ = executors.AudioCLIPTextEncoderMixin.__doc__
+(
+    CLIPImageEncoder,
+    CLIPTextEncoder,
+    CLIPEncoder,
+    CLIPOnnxEncoder,
+    AudioCLIPEncoder,
+    AudioCLIPImageEncoder,
+    AudioCLIPTextEncoder,
+) = executors.executor_classes(_Endpoints, __name__)

@@ -25,12 +25,10 @@ from ray.serve import Application
 
 from clipserve.inputs import Item
 from clipserve.resources import limit_malloc_arenas
-from clipserve.server.app import SERVED_BY_HEADER, create_app, error_response
+from clipserve.server.app import create_app
 from clipserve.settings import ServerSettings, resolve
 
 log = logging.getLogger(__name__)
-PROXY_LOG = logging.getLogger("ray.serve")
-"""Ray's own logger in its proxy: what the proxy middleware says lands in the proxy's log."""
 
 DEPLOYMENT = "clipserve"
 GRACEFUL_SHUTDOWN_S = 30.0
@@ -57,72 +55,9 @@ class ClipserveReplica:
             await self.service.embed([Item(0, "text", "text", "health check")])
 
 
-class ReplicaLossAs503:
-    """Middleware of Ray Serve's HTTP proxy: a request whose replica died before answering gets a
-    clear ``503`` with ``Retry-After`` (clipserve's clients retry it), never a bare 500 or a hang.
-
-    When a replica dies, Ray's proxy ends the requests it held without an answer (its server then
-    sends ``500 Internal Server Error``), answers 500 itself, or, for a request caught in the
-    reassignment, answers nothing until Ray's ``request_timeout_s`` (then 408). Every answer of
-    clipserve's app carries ``x-clipserve-model``: a 500 or 408 without it, or no answer at all, is
-    the proxy's. Ray installs this middleware in its proxy from the variable of :data:`PROXY_ENV`,
-    which must be in the environment of the Ray job that starts Serve
-    (``ray.init(runtime_env={"env_vars": PROXY_ENV})``, as ``clipserve serve --ray`` does) or of
-    the cluster's nodes.
-    """
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = replaced = False
-
-        async def guarded_send(message) -> None:
-            nonlocal started, replaced
-            if replaced:
-                return  # the rest of the proxy's own answer
-            if message["type"] == "http.response.start":
-                ours = any(name.lower() == SERVED_BY_HEADER for name, _ in message.get("headers", []))
-                if message["status"] in (408, 500) and not ours:
-                    replaced = True
-                    await self._unavailable(scope, receive, send, message["status"])
-                    return
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, guarded_send)
-        except Exception:
-            if started or replaced:
-                raise
-            replaced = True
-            await self._unavailable(scope, receive, send, None)
-        if not (started or replaced):
-            await self._unavailable(scope, receive, send, None)
-
-    @staticmethod
-    async def _unavailable(scope, receive, send, proxy_status: int | None) -> None:
-        PROXY_LOG.warning(
-            "a request to %s lost its replica (proxy status %s): answering 503", scope["path"], proxy_status
-        )
-        detail = "the replica handling this request stopped before answering; retry"
-        answer = error_response(scope["path"], {}, 503, "ReplicaUnavailable", detail, None)
-        answer.headers["Retry-After"] = "1"
-        await answer(scope, receive, send)
-
-
-def proxy_middlewares() -> list:
-    """The middlewares of clipserve's Ray Serve proxy (Ray's proxy callback, see :data:`PROXY_ENV`)."""
-    from starlette.middleware import Middleware
-
-    return [Middleware(ReplicaLossAs503)]
-
-
-PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": f"{__name__}:proxy_middlewares"}
-"""The environment that makes Ray Serve's proxy install :func:`proxy_middlewares`."""
+PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "clipserve.server.proxy:proxy_middlewares"}
+"""The environment that makes Ray Serve's proxy install clipserve's middleware
+(:class:`clipserve.server.proxy.ReplicaLossAs503`): a replica lost mid-request is answered 503."""
 
 
 def http_options(settings: ServerSettings) -> dict[str, Any]:

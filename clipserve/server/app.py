@@ -18,13 +18,16 @@ import re
 import time
 from contextlib import asynccontextmanager
 from http import HTTPStatus
+from pathlib import Path
 
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -47,7 +50,19 @@ from clipserve.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 NPY = "application/x-npy"
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+OPEN_PATHS = frozenset(
+    {"/healthz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/", "/playground"}
+)
+"""Paths without the API key: health, the API docs and the playground's page (which asks for the key)."""
+DOCS_ASSETS = "/static-offline-docs"
+PLAYGROUND = Path(__file__).parent / "playground"
+OPEN_PREFIXES = (DOCS_ASSETS + "/", "/playground/static/")
+PAGES = frozenset({"/", "/playground", "/docs", "/redoc"})
+PAGE_POLICY = (
+    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    b"img-src 'self' data: blob:; worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'"
+)
+"""The HTML pages may load nothing from elsewhere: ReDoc's bundle links a logo on its CDN."""
 INLINE_JSON_BYTES = 64 * 1024
 """Bodies up to this size are parsed on the event loop (faster than a thread hop); larger ones off it."""
 RETRY_AFTER_S = "1"
@@ -77,10 +92,11 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
         yield
         await service.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # Swagger UI and ReDoc from the package's assets: no CDN, works offline
         title="clipserve",
         summary="CLIP embeddings for texts, images and audio in one latent space",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
     )
     app.router.route_class = OffLoopJSONRoute
     app.state.service = service
@@ -187,6 +203,15 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
     async def metrics() -> Response:
         """Prometheus metrics."""
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    if settings.playground:
+        app.mount("/playground/static", StaticFiles(directory=PLAYGROUND), name="playground")
+
+        @app.get("/", include_in_schema=False)
+        @app.get("/playground", include_in_schema=False)
+        async def playground() -> FileResponse:
+            """The browser playground: a page of the package calling this API."""
+            return FileResponse(PLAYGROUND / "index.html")
 
     return app
 
@@ -327,7 +352,8 @@ class RequestGuard:
     def admit(self, scope) -> int:
         """The body bytes the request reserves; raises why it is refused before its body is read."""
         headers = dict(scope["headers"])
-        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
+        path = scope["path"]
+        if self.api_key is not None and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, b"Bearer " + self.api_key):
                 raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
@@ -361,7 +387,10 @@ class RequestGuard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), self.served_by]}
+                added = [self.served_by]
+                if scope["path"] in PAGES:
+                    added.append((b"content-security-policy", PAGE_POLICY))
+                message = {**message, "headers": [*message.get("headers", []), *added]}
             await send(message)
 
         reserved = 0
