@@ -24,6 +24,7 @@ from clipserve.fetch import ByteBudget, fetch_url
 from clipserve.inputs import Item, decode_base64, decode_data_uri
 from clipserve.resources import available_cpus
 from clipserve.settings import EngineSettings
+from clipserve.text_cache import TextCache
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Pipeline:
         workers = settings.num_workers or available_cpus()
         self.prepare_pool = ThreadPoolExecutor(workers, thread_name_prefix="clipserve-prepare")
         self.fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="clipserve-fetch")
+        self.text_cache = TextCache(settings.text_cache) if settings.text_cache else None
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -113,6 +115,9 @@ class Pipeline:
         errors: list[InvalidInput] = []
         by_modality: dict[str, list[tuple[int, Item]]] = {}
         for row, item in enumerate(items):
+            if (cached := self.cached_text(item)) is not None:
+                vectors[row] = cached[0]
+                continue
             try:
                 self.tower(item)
             except InvalidInput as exc:
@@ -128,7 +133,21 @@ class Pipeline:
         if not (errors and stop_on_error):
             for modality, prepared in prepared_light.items():
                 self._run_grouped(modality, prepared, vectors)
+            for row, payload in prepared_light.get("text", []):
+                self.remember_text(items[row], vectors[row], len(payload))
         return vectors, sorted(errors, key=lambda e: e.index if e.index is not None else -1)
+
+    # -- the text cache (shared by every face) ------------------------------------------------------
+
+    def cached_text(self, item: Item) -> tuple[np.ndarray, int] | None:
+        """``(vector, tokens)`` of a text item seen recently, when the text cache is on."""
+        if self.text_cache is None or item.kind != "text":
+            return None
+        return self.text_cache.get(item.value)
+
+    def remember_text(self, item: Item, vector: np.ndarray, tokens: int) -> None:
+        if self.text_cache is not None and item.kind == "text":
+            self.text_cache.put(item.value, vector, tokens)
 
     def _prepare_inline(
         self, entries: list[tuple[int, Item]], errors: list[InvalidInput]

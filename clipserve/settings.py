@@ -69,6 +69,9 @@ class EngineSettings:
     max_aspect_ratio: float = setting(
         100.0, "most extreme image side ratio (a 1 x 10,000,000 strip is refused, not resized)"
     )
+    text_cache: int = setting(
+        0, "keep the vectors of this many recent texts (LRU, exact text); repeats skip the model"
+    )
     max_text_chars: int = setting(16_384, "longest text in characters")
     max_audio_s: float = setting(60.0, "longest audio clip in seconds, checked before decoding")
 

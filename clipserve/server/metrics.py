@@ -50,6 +50,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "clipserve_queue_depth", "Items waiting for a batch", ["modality", *SERVED], registry=r
         )
+        self.text_cache_lookups = Counter(
+            "clipserve_text_cache_lookups",
+            "Texts looked up in the text cache, by outcome (hit or miss)",
+            ["outcome", *SERVED],
+            registry=r,
+        )
         info_gauge = Gauge(
             "clipserve_model_info",
             "What runs: model, backend, precision, device, providers",
@@ -72,6 +78,10 @@ class Metrics:
     def batch(self, modality: str, size: int) -> None:
         self.batch_size.labels(modality=modality, **self.served).observe(size)
         self.items.labels(modality=modality, **self.served).inc(size)
+
+    def text_cache(self, hits: int, misses: int) -> None:
+        self.text_cache_lookups.labels(outcome="hit", **self.served).inc(hits)
+        self.text_cache_lookups.labels(outcome="miss", **self.served).inc(misses)
 
     def watch_queue(self, modality: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(modality=modality, **self.served).set_function(depth)

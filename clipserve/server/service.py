@@ -87,10 +87,18 @@ class EncodingService:
             raise Overloaded(f"{self._inflight_items} items are being handled; retry later")
         self._inflight_items += weight
         try:
-            payloads = await self._prepare(items)
+            cached = {p: hit for p, item in enumerate(items) if (hit := self.pipeline.cached_text(item))}
+            if self.pipeline.text_cache is not None:
+                texts = sum(1 for item in items if item.kind == "text")
+                self.metrics.text_cache(hits=len(cached), misses=texts - len(cached))
+            missing = [p for p in range(len(items)) if p not in cached]
+            prepared = await self._prepare([items[p] for p in missing])
+            payloads: list = [None] * len(items)
+            for position, payload in zip(missing, prepared, strict=True):
+                payloads[position] = payload
             by_modality: dict[str, list[int]] = {}
-            for position, item in enumerate(items):
-                by_modality.setdefault(item.modality, []).append(position)
+            for position in missing:
+                by_modality.setdefault(items[position].modality, []).append(position)
             results = await asyncio.gather(
                 *(
                     self.batchers[modality].submit([payloads[p] for p in positions])
@@ -102,7 +110,13 @@ class EncodingService:
         vectors = np.empty((len(items), self.pipeline.dim), dtype=np.float32)
         for positions, rows in zip(by_modality.values(), results, strict=True):
             vectors[positions] = np.asarray(rows)
-        tokens = sum(len(payloads[p]) for p in by_modality.get("text", []))
+        tokens = 0
+        for position in by_modality.get("text", []):
+            tokens += len(payloads[position])
+            self.pipeline.remember_text(items[position], vectors[position], len(payloads[position]))
+        for position, (vector, count) in cached.items():
+            vectors[position] = vector
+            tokens += count
         return vectors, tokens
 
     async def _prepare(self, items: list[Item]) -> list:
