@@ -21,7 +21,8 @@ def test_data_job_writes_encoder_vectors_in_order_and_resumes(
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from clipserve.ray.data import Entry, run_job
+    from clipserve.preprocess.image import is_image_path
+    from clipserve.ray.data import entries_from, run_job
     from clipserve.settings import EngineSettings
 
     rng = np.random.default_rng(0)
@@ -32,23 +33,29 @@ def test_data_job_writes_encoder_vectors_in_order_and_resumes(
         path = folder / f"{i:04d}.png"
         Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(path)
         paths.append(path)
-    (folder / "0007.png").write_bytes(b"not a png")  # a bad file: reported, not fatal
+    (folder / "0007.png").write_bytes(b"not a png")  # bad files: reported, not fatal
     captions = [f"caption number {i} of a photo" for i in range(2000)]
-    entries = [Entry(str(p), str(p), None) for p in paths] + [Entry(f"text:{c}", c, "text") for c in captions]
+    entries = entries_from([folder], captions, is_image_path)
+    assert [e.id for e in entries] == [str(p) for p in paths] + [f"text:{c}" for c in captions]
+    (folder / "0013.png").unlink()  # gone before the job reads it: an error, never embedded as text
     settings = EngineSettings(model=NAME, weights=vit_onnx_export, batch_size=16)
     output = tmp_path / "vectors"
     first = run_job(entries, output, settings, shard_size=400, actors=2, progress=False)
-    assert (first.shards, first.skipped_shards, first.vectors) == (7, 0, 2499)
-    assert [identifier for identifier, _ in first.errors] == [str(folder / "0007.png")]
+    assert (first.shards, first.skipped_shards, first.vectors) == (7, 0, 2498)
+    assert [identifier for identifier, _ in first.errors] == [
+        str(folder / "0007.png"),
+        str(folder / "0013.png"),
+    ]
 
     table = pq.read_table(sorted(output.glob("part-*.parquet")))
     ids = table.column("id").to_pylist()
-    assert ids == [e.id for e in entries if not e.id.endswith("0007.png")]
+    bad = ("0007.png", "0013.png")
+    assert ids == [e.id for e in entries if not e.id.endswith(bad)]
     vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
     reference = encoder_for(NAME, "onnx")
-    good_paths = [p for p in paths if p.name != "0007.png"]
-    assert cosines(vectors[:499], reference.encode_image(good_paths)).min() >= 0.9999
-    assert cosines(vectors[499:], reference.encode_text(captions)).min() >= 0.9999
+    good_paths = [p for p in paths if p.name not in bad]
+    assert cosines(vectors[:498], reference.encode_image(good_paths)).min() >= 0.9999
+    assert cosines(vectors[498:], reference.encode_text(captions)).min() >= 0.9999
 
     # an interruption: two parts never written, a half-written one left behind
     kept = {p.name: p.stat().st_mtime_ns for p in output.glob("part-*.parquet")}
@@ -57,7 +64,7 @@ def test_data_job_writes_encoder_vectors_in_order_and_resumes(
         del kept[lost]
     (output / ".part-000005.parquet.123.tmp").write_bytes(b"half")
     second = run_job(entries, output, settings, shard_size=400, actors=2, progress=False)
-    assert (second.shards, second.skipped_shards, second.vectors) == (7, 5, 2499)
+    assert (second.shards, second.skipped_shards, second.vectors) == (7, 5, 2498)
     assert {p.name: p.stat().st_mtime_ns for p in output.glob("part-*.parquet") if p.name in kept} == kept
     again = pq.read_table(sorted(output.glob("part-*.parquet")))
     assert again.column("id").to_pylist() == ids

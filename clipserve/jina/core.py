@@ -19,7 +19,6 @@ from clipserve.encoder import Encoder, clip_scores
 from clipserve.errors import ClipserveError, InvalidInput, echo
 from clipserve.inputs import AUDIO_RATE, Item, to_item
 
-MODALITIES = ("text", "image", "audio")
 PATH_PATTERN = re.compile(r"^(r|[cm]+)$")
 
 

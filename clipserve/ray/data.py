@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import numpy as np
 from clipserve.encoder import Encoder
 from clipserve.errors import ClipserveError
 from clipserve.files import collect_files, write_vectors
+from clipserve.preprocess.audio import is_audio_path
 from clipserve.settings import EngineSettings
 
 MANIFEST = "_clipserve_job.json"
@@ -180,7 +181,9 @@ class ShardWriter:
         return len(values)
 
 
-def entries_from(sources: Iterable[Path], texts: Sequence[str], wanted) -> list[Entry]:
+def entries_from(
+    sources: Iterable[Path], texts: Sequence[str], wanted: Callable[[Path], bool]
+) -> list[Entry]:
     """Entries of files (folders searched, globs expanded), parquet tables and ``texts``.
 
     A parquet source gives one entry per row: its ``id`` column (else file:row) and the first of
@@ -195,7 +198,7 @@ def entries_from(sources: Iterable[Path], texts: Sequence[str], wanted) -> list[
             files.extend(sorted(p for p in Path().glob(str(source)) if p.is_file() and wanted(p)))
         else:
             files.extend(collect_files([source], wanted))
-    entries.extend(Entry(str(path), str(path.resolve()), None) for path in files)
+    entries.extend(Entry(str(path), str(path.resolve()), _file_modality(path)) for path in files)
     entries.extend(Entry(f"text:{text}", text, "text") for text in texts)
     return entries
 
@@ -210,8 +213,14 @@ def _parquet_entries(path: Path) -> list[Entry]:
         raise ClipserveError(f"{path}: no column to embed (text, image, audio, bytes or path); has {columns}")
     values = table.column(column).to_pylist()
     ids = table.column("id").to_pylist() if "id" in columns else [f"{path}:{i}" for i in range(len(values))]
+    if column == "path":  # a path is never text: a missing file is an error, not a caption
+        return [Entry(str(i), v, _file_modality(Path(v))) for i, v in zip(ids, values, strict=True)]
     modality = "text" if column == "text" else None
     return [Entry(str(i), v, modality) for i, v in zip(ids, values, strict=True)]
+
+
+def _file_modality(path: Path) -> str:
+    return "audio" if is_audio_path(path) else "image"
 
 
 def _portable(value: Any) -> Any:
