@@ -1,6 +1,7 @@
 """Named precisions: int8 (ONNX Runtime, CPU) within cosine 0.99 of fp32, cached; wrong ones refused."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,31 @@ def test_int8_export_is_cached_and_reused(int8_cache, random_model, monkeypatch)
     monkeypatch.setattr("clipserve.backends.export.export_onnx", no_quantising)
     second = Encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8")
     assert second.info()["weights"] == first.info()["weights"]
+
+
+def test_an_int8_export_quantised_otherwise_is_derived_again(int8_cache, random_model, monkeypatch) -> None:
+    """An int8 export that does not record the towers it quantised (made before the audio tower
+    stayed fp32) is derived again, once."""
+    import json
+
+    from clipserve.encoder import Encoder
+    from clipserve.weights import ONNX_MARKER
+
+    name = "ViT-B-32::openai"
+    checkpoint = random_model(name).checkpoint
+    export = Path(Encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8").info()["weights"])
+    meta = json.loads((export / ONNX_MARKER).read_text())
+    assert meta["quantised"] == ["image.onnx", "text.onnx"]
+    del meta["quantised"]
+    (export / ONNX_MARKER).write_text(json.dumps(meta))
+    derived = []
+    from clipserve.backends import precision
+
+    original = precision.derive_int8
+    monkeypatch.setattr(precision, "derive_int8", lambda *a: derived.append(a) or original(*a))
+    Encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8")
+    Encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8")
+    assert len(derived) == 1
 
 
 def test_export_command_writes_int8_that_loads_without_checkpoint(tmp_path, random_model, int8_cache) -> None:

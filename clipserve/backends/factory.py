@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from clipserve.backends.base import PRECISION_DEVICES, Backend, check_backend_precision
@@ -70,11 +71,13 @@ def onnx_model_dir(
     cache: Path,
     precision: str = "fp32",
     tokenizer_dir: Path | None = None,
+    exporter: Callable[[ModelSpec, Path, Path], Path] | None = None,
 ) -> Path:
     """An ONNX export of ``spec`` in ``precision``: given, cached, or made once into the cache.
 
-    fp32 is exported from the checkpoint (needs torch); int8 is derived from the fp32 export
-    (ONNX Runtime only) and cached beside it. Cache entries of local weights are keyed by content.
+    fp32 is exported from the checkpoint (needs torch) by ``exporter(spec, checkpoint, target)``
+    (a family's own; default :func:`export_fp32`); int8 is derived from the fp32 export (ONNX
+    Runtime only) and cached beside it. Cache entries of local weights are keyed by content.
     """
     if explicit is not None and is_onnx_dir(explicit):
         given = read_export_meta(explicit)["precision"]
@@ -90,7 +93,11 @@ def onnx_model_dir(
         source = fingerprint(explicit, cache) if explicit is not None else spec.tag
         fp32_dir = onnx_cache(spec, cache, source, "fp32")
         if not is_current_export(fp32_dir):
-            export_fp32(spec, explicit or find_checkpoint(spec, cache), fp32_dir, tokenizer_dir)
+            checkpoint = explicit or find_checkpoint(spec, cache)
+            if exporter is None:
+                export_fp32(spec, checkpoint, fp32_dir, tokenizer_dir)
+            else:
+                exporter(spec, checkpoint, fp32_dir)
         target = onnx_cache(spec, cache, source, precision)
     if precision != "fp32" and not _derived_from_current(target, fp32_dir):
         from clipserve.backends.precision import derive_int8
@@ -114,10 +121,17 @@ def fingerprint(path: Path, cache: Path) -> str:
 
 
 def _derived_from_current(target: Path, fp32_dir: Path) -> bool:
-    """True when ``target`` was derived from ``fp32_dir`` as it is now (same export format)."""
-    return is_onnx_dir(target) and (
-        read_export_meta(target).get("export_format") == read_export_meta(fp32_dir).get("export_format")
-    )
+    """True when ``target`` was derived from ``fp32_dir`` as it is now: same export format, and the
+    towers quantised as they are now (an int8 export from before AudioCLIP's audio tower stayed
+    fp32 is derived again)."""
+    from clipserve.backends.precision import quantised_towers
+
+    if not is_onnx_dir(target):
+        return False
+    derived, source = read_export_meta(target), read_export_meta(fp32_dir)
+    return derived.get("export_format") == source.get("export_format") and derived.get(
+        "quantised"
+    ) == quantised_towers(fp32_dir)
 
 
 def export_fp32(spec: ModelSpec, checkpoint: Path, target: Path, tokenizer_dir: Path | None = None) -> Path:

@@ -32,21 +32,26 @@ INT8_OP_TYPES = ["MatMul", "Gemm"]
 def derive_int8(fp32_dir: Path, out_dir: Path) -> Path:
     """Write the int8 version of the fp32 export ``fp32_dir`` (its towers) into ``out_dir``."""
     with staged_dir(out_dir) as staging:
-        for tower in QUANTISED_TOWERS:
-            if (fp32_dir / tower).is_file():
-                log.info("quantising %s of %s to int8", tower, fp32_dir)
-                quantize_int8(fp32_dir / tower, staging / tower)
+        quantised = quantised_towers(fp32_dir)
+        for tower in quantised:
+            log.info("quantising %s of %s to int8", tower, fp32_dir)
+            quantize_int8(fp32_dir / tower, staging / tower)
         for tower in FP32_TOWERS:
             for part in fp32_dir.glob(f"{tower}*"):  # the graph and any external data beside it
                 shutil.copyfile(part, staging / part.name)
         meta = json.loads((fp32_dir / ONNX_MARKER).read_text())
-        meta.update(precision="int8", derived_from=str(fp32_dir))
+        meta.update(precision="int8", derived_from=str(fp32_dir), quantised=quantised)
         tokenizer = fp32_dir / TOKENIZER_DIR
         write_export_meta(staging, meta, tokenizer if tokenizer.is_dir() else None)
         for written in staging.rglob("*"):  # the quantiser writes 0600 temporary files: share like fp32
             if written.is_file():
                 shutil.copymode(fp32_dir / ONNX_MARKER, written)
     return out_dir
+
+
+def quantised_towers(fp32_dir: Path) -> list[str]:
+    """The towers of ``fp32_dir`` its int8 export quantises (the others are copied as they are)."""
+    return [tower for tower in QUANTISED_TOWERS if (fp32_dir / tower).is_file()]
 
 
 def quantize_int8(source: Path, target: Path) -> None:

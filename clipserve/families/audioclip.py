@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from clipserve.backends.base import check_backend_precision
-from clipserve.backends.factory import BACKENDS, fingerprint
-from clipserve.cache import enforce_cap, touch
+from clipserve.backends.factory import BACKENDS, onnx_model_dir
+from clipserve.cache import enforce_cap
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.families.base import Tower
 from clipserve.families.openclip import image_tower, text_tower
@@ -34,10 +34,7 @@ from clipserve.weights import (
     cache_dir,
     explicit_weights,
     find_checkpoint,
-    is_current_export,
     is_onnx_dir,
-    onnx_cache,
-    read_export_meta,
     spec_of_export,
 )
 from clipserve.zoo import ModelSpec
@@ -86,7 +83,7 @@ class AudioClipModel:
         else:
             from clipserve.backends.onnx import OnnxBackend
 
-            export = audioclip_export(spec, weights, cache, settings.precision)
+            export = onnx_model_dir(spec, weights, cache, settings.precision, exporter=export_audioclip_fp32)
             self.backend = OnnxBackend(
                 spec, export, settings.device, settings.precision, spin, towers=("image", "text", "audio")
             )
@@ -108,40 +105,16 @@ class AudioClipModel:
         pass
 
 
-def audioclip_export(spec: ModelSpec, weights: Path | None, cache: Path, precision: str) -> Path:
-    """The ONNX export (image, text, audio) in ``precision``: given, cached, or made once."""
-    if weights is not None and is_onnx_dir(weights):
-        given = read_export_meta(weights)["precision"]
-        if given == precision:
-            return weights
-        if given != "fp32":
-            raise UnsupportedModel(
-                f"{weights} is a {given} export; pass an fp32 export to derive {precision}"
-            )
-        fp32_dir = weights
-        source = fingerprint(weights, cache)
-    else:
-        source = fingerprint(weights, cache) if weights is not None else spec.tag
-        fp32_dir = onnx_cache(spec, cache, source, "fp32")
-        if not is_current_export(fp32_dir):
-            try:
-                from clipserve.backends.audioclip import export_audioclip
-            except ImportError as exc:
-                raise WeightsUnavailable(
-                    f"{spec.name} needs an ONNX export, and exporting needs torch ({exc}). Install "
-                    "`clipserve[torch]` once, or pass an exported directory."
-                ) from exc
-            export_audioclip(spec, weights or find_checkpoint(spec, cache), fp32_dir)
-    if precision == "fp32":
-        touch(fp32_dir)
-        return fp32_dir
-    target = onnx_cache(spec, cache, source, precision)
-    if not is_onnx_dir(target):
-        from clipserve.backends.precision import derive_int8
-
-        derive_int8(fp32_dir, target)
-    touch(target)
-    return target
+def export_audioclip_fp32(spec: ModelSpec, checkpoint: Path, target: Path) -> Path:
+    """The ONNX exporter of AudioCLIP (image, text and audio graphs); explains when torch is missing."""
+    try:
+        from clipserve.backends.audioclip import export_audioclip
+    except ImportError as exc:
+        raise WeightsUnavailable(
+            f"{spec.name} needs an ONNX export, and exporting needs torch ({exc}). Install "
+            "`clipserve[torch]` once, or pass an exported directory."
+        ) from exc
+    return export_audioclip(spec, checkpoint, target)
 
 
 def audio_tower(backend, settings: EngineSettings) -> Tower:
