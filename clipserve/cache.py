@@ -18,12 +18,12 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from clipserve.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,8 @@ def content_fingerprint(path: Path, root: Path) -> str:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
         index[key] = digest.hexdigest()[:16]
-        _write_atomically(index_path, json.dumps(index, indent=0))
+        write_atomically(index_path, json.dumps(index, indent=0), suffix=STAGING_MARK)
     return "sha-" + index[key]
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=STAGING_MARK) as tmp:
-        tmp.write(text)
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
 
 
 def touch(directory: Path) -> None:

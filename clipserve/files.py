@@ -1,8 +1,11 @@
-"""Files in and out of a bulk job: the inputs of folders, and the vectors written (npy or parquet)."""
+"""Files in and out: the inputs of folders, the vectors written (npy or parquet), and small files
+written whole or not at all."""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -40,3 +43,13 @@ def write_vectors(path: Path, vectors: np.ndarray, ids: list[str]) -> None:
     else:
         np.save(path, vectors)
         path.with_suffix(".ids.json").write_text(json.dumps(ids, ensure_ascii=False, indent=0) + "\n")
+
+
+def write_atomically(path: Path, text: str, suffix: str = "") -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it (named with ``suffix``) renamed
+    into place: a reader sees the old file or the new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=suffix) as tmp:
+        tmp.write(text)
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, path)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 
 from clipserve.encoder import Encoder
 from clipserve.errors import ClipserveError
-from clipserve.files import collect_files, write_vectors
+from clipserve.files import collect_files, write_atomically, write_vectors
 from clipserve.preprocess.audio import is_audio_path
 from clipserve.settings import EngineSettings
 
@@ -176,7 +175,7 @@ class ShardWriter:
                 errors[row] = reason
         good = [i for i, reason in enumerate(errors) if not reason]
         bad = [{"id": ids[i], "error": errors[i]} for i in range(len(ids)) if errors[i]]
-        _atomic_write(self.output / ERRORS.format(number), json.dumps(bad, ensure_ascii=False).encode())
+        write_atomically(self.output / ERRORS.format(number), json.dumps(bad, ensure_ascii=False))
         _write_parquet(self.output / PART.format(number), vectors[good], [ids[i] for i in good])
         return len(values)
 
@@ -249,7 +248,7 @@ def _check_manifest(
                 "inputs and settings, or write to a new directory"
             )
         return
-    _atomic_write(path, json.dumps(manifest, indent=1).encode())
+    write_atomically(path, json.dumps(manifest, indent=1))
 
 
 def _report(output: Path, shards: int, skipped: int) -> JobReport:
@@ -268,12 +267,6 @@ def _write_parquet(path: Path, vectors: np.ndarray, ids: list[str]) -> None:
     staging = path.with_name(f".{path.stem}.{os.getpid()}.tmp.parquet")  # complete parts only
     write_vectors(staging, vectors, ids)
     os.replace(staging, path)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(data)
-    os.replace(handle.name, path)
 
 
 __all__ = ["EmbedBatch", "Entry", "JobReport", "embed_values", "entries_from", "run_job"]
