@@ -39,18 +39,23 @@ def cpu_description() -> str:
     )
 
 
-def random_export(workdir: Path, precision: str = "fp32") -> str:
-    """A random-weight ViT-B-32 checkpoint exported to ONNX in ``workdir``; returns the export dir."""
+def random_export(workdir: Path, precision: str = "fp32", model: str = MODEL) -> str:
+    """A random-weight checkpoint of ``model`` (default ViT-B-32) exported to ONNX in ``workdir``;
+    returns the export dir."""
     import open_clip
     import torch
 
     from clipserve.encoder import Encoder
+    from clipserve.zoo import get_spec
 
-    checkpoint = workdir / "vit-b-32.pt"
+    spec = get_spec(model)
+    checkpoint = workdir / f"{spec.arch}.pt"
     if not checkpoint.exists():
         torch.manual_seed(0)
-        torch.save(open_clip.create_model("ViT-B-32", force_quick_gelu=True).state_dict(), checkpoint)
-    with Encoder(MODEL, weights=checkpoint, cache_dir=workdir, precision=precision) as encoder:
+        torch.save(
+            open_clip.create_model(spec.arch, force_quick_gelu=spec.quick_gelu).state_dict(), checkpoint
+        )
+    with Encoder(model, weights=checkpoint, cache_dir=workdir, precision=precision) as encoder:
         return str(encoder.info()["weights"])
 
 
@@ -61,20 +66,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def server_process(weights: str, *flags: str, env: dict[str, str] | None = None):
-    """``clipserve serve`` on 127.0.0.1 in a subprocess; yields ``(url, Popen)`` once it answers."""
+def server_process(weights: str | None, *flags: str, env: dict[str, str] | None = None):
+    """``clipserve serve`` on 127.0.0.1 in a subprocess; yields ``(url, Popen)`` once it answers.
+    ``weights`` None: the flags name the models and their weights (``--model NAME=PATH``)."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "clipserve.cli",
-        "serve",
-        "--weights",
-        weights,
-        "--port",
-        str(port),
-        *flags,
-    ]
+    given = ["--weights", weights] if weights is not None else []
+    command = [sys.executable, "-m", "clipserve.cli", "serve", *given, "--port", str(port), *flags]
     # The log goes to a file: a pipe nobody reads would fill up and block a chatty server.
     with tempfile.TemporaryFile() as log_file:
         process = subprocess.Popen(

@@ -42,6 +42,8 @@ def add_setting_flags(
         value_type = config.value_type(kind, f.name)
         if value_type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, **described)
+        elif config.is_list(kind, f.name):
+            parser.add_argument(flag, type=value_type, action="append", default=None, **described)
         else:
             parser.add_argument(flag, type=value_type, default=None, **described)
 

@@ -97,8 +97,14 @@ def _raise_for(response: httpx.Response, offset: int = 0) -> None:
     raise ServerError(response.status_code, body.get("error", ""), body.get("detail", ""), index)
 
 
-def _rank_body(query: Any, candidates: Sequence[Any]) -> dict:
-    return {"query": to_payload(query, 0), "candidates": [to_payload(c, i) for i, c in enumerate(candidates)]}
+def _rank_body(query: Any, candidates: Sequence[Any], model: str | None) -> dict:
+    body = {"query": to_payload(query, 0), "candidates": [to_payload(c, i) for i, c in enumerate(candidates)]}
+    return _for_model(body, model)
+
+
+def _for_model(body: dict, model: str | None) -> dict:
+    """``body`` naming ``model`` (a server serving several); without one the server's default answers."""
+    return body if model is None else {**body, "model": model}
 
 
 def _ranked(response: httpx.Response) -> list[Ranked]:
@@ -155,22 +161,26 @@ class Client:
         batch_size: int = 32,
         show_progress: bool = False,
         max_request_mb: float = DEFAULT_REQUEST_MB,
+        model: str | None = None,
     ) -> np.ndarray:
-        """float32 ``[len(inputs), dim]``, L2-normalised, in input order.
+        """float32 ``[len(inputs), dim]``, L2-normalised, in input order, by ``model`` (one the
+        server serves; default: its first).
 
         Inputs go in requests of at most ``batch_size`` items and about ``max_request_mb``
         (below the server's body limit, 16 MB by default)."""
         parts = []
         with tqdm(total=len(inputs), unit="item", disable=not show_progress, desc="encoding") as bar:
             for start, body in batched_bodies(inputs, batch_size, int(max_request_mb * 1024 * 1024)):
-                response = self._post("/encode", body, offset=start, headers={"Accept": NPY})
+                response = self._post(
+                    "/encode", _for_model(body, model), offset=start, headers={"Accept": NPY}
+                )
                 parts.append(np.load(io.BytesIO(response.content)))
                 bar.update(len(body["inputs"]))
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
-    def rank(self, query: Any, candidates: Sequence[Any]) -> list[Ranked]:
+    def rank(self, query: Any, candidates: Sequence[Any], model: str | None = None) -> list[Ranked]:
         """Candidates sorted by ``clip_score`` (softmax of ``logit_scale × cosine``), best first."""
-        return _ranked(self._post("/rank", _rank_body(query, candidates)))
+        return _ranked(self._post("/rank", _rank_body(query, candidates, model)))
 
 
 class AsyncClient:
@@ -222,14 +232,18 @@ class AsyncClient:
         batch_size: int = 32,
         show_progress: bool = False,
         max_request_mb: float = DEFAULT_REQUEST_MB,
+        model: str | None = None,
     ) -> np.ndarray:
-        """float32 ``[len(inputs), dim]``, L2-normalised, in input order (batches as :meth:`Client.encode`,
-        up to ``concurrency`` of them in flight; inputs are read as their batch is built)."""
+        """float32 ``[len(inputs), dim]``, L2-normalised, in input order (model and batches as
+        :meth:`Client.encode`, up to ``concurrency`` of them in flight; inputs are read as their
+        batch is built)."""
         bar = tqdm(total=len(inputs), unit="item", disable=not show_progress, desc="encoding")
         parts: dict[int, np.ndarray] = {}
 
         async def one(start: int, body: dict) -> None:
-            response = await self._post("/encode", body, offset=start, headers={"Accept": NPY})
+            response = await self._post(
+                "/encode", _for_model(body, model), offset=start, headers={"Accept": NPY}
+            )
             bar.update(len(body["inputs"]))
             parts[start] = np.load(io.BytesIO(response.content))
 
@@ -248,6 +262,6 @@ class AsyncClient:
                 task.cancel()
         return np.concatenate([parts[s] for s in sorted(parts)]) if parts else np.zeros((0, 0), np.float32)
 
-    async def rank(self, query: Any, candidates: Sequence[Any]) -> list[Ranked]:
+    async def rank(self, query: Any, candidates: Sequence[Any], model: str | None = None) -> list[Ranked]:
         """Candidates sorted by ``clip_score``, best first."""
-        return _ranked(await self._post("/rank", _rank_body(query, candidates)))
+        return _ranked(await self._post("/rank", _rank_body(query, candidates, model)))

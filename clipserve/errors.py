@@ -81,6 +81,12 @@ class Overloaded(ClipserveError):
     http_status = 503
 
 
+class ModelUnavailable(ClipserveError):
+    """A served model cannot be loaded now: it would pass the server's memory limit, or it failed."""
+
+    http_status = 503
+
+
 class Unauthorized(ClipserveError):
     """The request lacks the server's API key."""
 

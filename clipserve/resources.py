@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CPUINFO = Path("/proc/cpuinfo")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""x86 instruction sets that compute in bf16 (oneDNN uses them); without one, bf16 is emulated."""
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 
@@ -44,3 +47,47 @@ def available_cpus() -> int:
     if threads.isdigit() and int(threads) > 0:
         count = min(count, int(threads))
     return max(1, count)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (RSS) now, in bytes; 0 where ``/proc`` is missing."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_freed_memory() -> None:
+    """Hand memory that was freed back to the system (glibc keeps it for reuse otherwise); a model
+    unloaded is then really gone from the RSS. Elsewhere than glibc this does nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc_trim(0)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of the first CPU (``/proc/cpuinfo``; empty elsewhere than Linux)."""
+    for line in _cpuinfo_lines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return CPUINFO.read_text().splitlines()
+    except OSError:
+        return []

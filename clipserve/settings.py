@@ -22,11 +22,11 @@ from clipserve.zoo import DEFAULT_MODEL
 ENV_PREFIX = "CLIPSERVE_"
 
 
-def setting(default: Any, help: str, *, flag: bool = True, repeat: bool = False) -> Any:
+def setting(default: Any, help: str, *, flag: bool = True) -> Any:
     """A dataclass field with its help text. ``flag=False`` keeps a secret off the command line
-    (``ps`` shows arguments); ``repeat`` makes the flag repeatable (a list)."""
+    (``ps`` shows arguments). A list default makes a repeatable flag."""
     factory = (lambda: list(default)) if isinstance(default, list) else None
-    meta = {"help": help, "flag": flag, "repeat": repeat}
+    meta = {"help": help, "flag": flag}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -39,7 +39,10 @@ class EngineSettings:
     model: str = setting(DEFAULT_MODEL, "zoo name ARCH::TAG (`clipserve models` lists them)")
     backend: str = setting("onnx", "onnx (ONNX Runtime; no torch needed once exported) or torch")
     device: str = setting("cpu", "cpu, cuda[:N] or tensorrt[:N] (onnx); a missing one is an error")
-    precision: str = setting("fp32", "fp32 (exact); int8 (onnx, cpu); fp16 (torch, cuda)")
+    precision: str = setting(
+        "fp32",
+        "fp32 (exact); int8 (onnx, cpu); bf16 (torch, cpu with AVX512_BF16 or AMX); fp16 (torch, cuda)",
+    )
     weights: str | None = setting(
         None,
         "checkpoint file, model directory in the hub layout, or exported ONNX directory "
@@ -69,6 +72,16 @@ class EngineSettings:
     max_aspect_ratio: float = setting(
         100.0, "most extreme image side ratio (a 1 x 10,000,000 strip is refused, not resized)"
     )
+    fast_decode: bool = setting(
+        False,
+        "decode large JPEGs at a reduced scale (libjpeg's DCT scaling) to at least twice the model's "
+        "input, then resize exactly: faster, not pixel-exact to open_clip",
+    )
+    tensor_preprocess: bool = setting(
+        False,
+        "torch backend: decode baseline colour JPEGs with torchvision (nvJPEG on CUDA) and resize, crop "
+        "and normalise them as tensors on the model's device; close to open_clip, not pixel-exact",
+    )
     text_cache: int = setting(
         0, "keep the vectors of this many recent texts (LRU, exact text); repeats skip the model"
     )
@@ -79,15 +92,33 @@ class EngineSettings:
     def max_fetch_bytes(self) -> int:
         return int(self.max_fetch_mb * 1024 * 1024)
 
-    def engine(self) -> EngineSettings:
-        """The engine part alone (what an ``Encoder`` takes)."""
-        return EngineSettings(**{f.name: getattr(self, f.name) for f in fields(EngineSettings)})
+
+MODEL_WEIGHTS_SEPARATOR = "="
+"""``NAME=PATH`` in the server's model list: that model's weights (zoo names hold no ``=``)."""
+PER_MODEL_FILES = ("weights", "tokenizer", "image_weights")
 
 
 @dataclass
 class ServerSettings(EngineSettings):
     """Everything ``clipserve serve`` can be told."""
 
+    model: list[str] = setting(  # noqa: RUF009 (a list default becomes a default_factory)
+        [DEFAULT_MODEL],
+        "model(s) to serve, the first answering requests that name none; repeat the flag (or "
+        "comma-separate) for several, NAME=PATH gives one its weights",
+    )
+    preload: bool = setting(False, "load every model at start (the first one always is); else on first use")
+    model_ttl: float = setting(
+        0.0, "unload a model idle this many seconds (0: never); the next request loads it again"
+    )
+    max_memory_gb: float | None = setting(
+        None, "most resident memory of the server: a model whose load would pass it is refused (503)"
+    )
+    memory_policy: str = setting(
+        "refuse",
+        "when a model does not fit max_memory_gb: refuse (503), or evict (unload the least recently "
+        "used idle models first)",
+    )
     host: str = setting("127.0.0.1", "address to bind (loopback by default)")
     port: int = setting(51000, "port to bind")
     api_key: str | None = setting(
@@ -133,6 +164,33 @@ class ServerSettings(EngineSettings):
     replica_cpus: float = setting(1.0, "Ray: CPUs reserved per replica (its decode and inference threads)")
     replica_gpus: float = setting(0.0, "Ray: GPUs per replica (with device cuda)")
 
+    def __post_init__(self) -> None:
+        if isinstance(self.model, str):  # ServerSettings(model="A,B") as the flag, variable or YAML say it
+            self.model = convert(ServerSettings, "model", self.model)
+
+    def engines(self) -> list[EngineSettings]:
+        """One engine per served model, the default first; ``NAME=PATH`` entries carry their weights."""
+        if not self.model:
+            raise ValueError("give at least one model")
+        if self.memory_policy not in ("refuse", "evict"):
+            raise ValueError(f"memory_policy must be refuse or evict, got {self.memory_policy!r}")
+        shared = {f.name: getattr(self, f.name) for f in fields(EngineSettings) if f.name != "model"}
+        if len(self.model) > 1:
+            given = [name for name in PER_MODEL_FILES if shared[name] is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} apply to one model; with several, give each its weights "
+                    "as --model NAME=PATH"
+                )
+        engines = []
+        for entry in self.model:
+            name, separator, weights = entry.partition(MODEL_WEIGHTS_SEPARATOR)
+            if separator and not weights:
+                raise ValueError(f"no weights path after {MODEL_WEIGHTS_SEPARATOR!r} in {entry!r}")
+            chosen = {"weights": weights} if separator else {}
+            engines.append(EngineSettings(**{**shared, "model": name.strip(), **chosen}))
+        return engines
+
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
@@ -166,16 +224,28 @@ def help_text(kind: type[EngineSettings], name: str) -> str:
 
 def value_type(kind: type[EngineSettings], name: str) -> type:
     """The plain type of a setting (``int`` for ``int | None``, ``str`` for a list of str)."""
-    hints = typing.get_type_hints(kind)
-    hint = hints[name]
+    hint = typing.get_type_hints(kind)[name]
+    if is_list(kind, name):
+        return typing.get_args(hint)[0]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is list or (args and typing.get_origin(args[0]) is list):
-        return str
     return args[0] if args else hint
 
 
+def is_list(kind: type[EngineSettings], name: str) -> bool:
+    """True for a setting holding a list (a repeatable flag)."""
+    return typing.get_origin(typing.get_type_hints(kind)[name]) is list
+
+
 def convert(kind: type[EngineSettings], name: str, value: Any) -> Any:
-    """``value`` (often a string from a variable) as the setting's type."""
+    """``value`` (often a string from a variable) as the setting's type; a list setting takes a
+    list, one value, or a comma-separated string."""
+    if is_list(kind, name) and value is not None:
+        values = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+        return [convert_one(kind, name, v.strip() if isinstance(v, str) else v) for v in values]
+    return convert_one(kind, name, value)
+
+
+def convert_one(kind: type[EngineSettings], name: str, value: Any) -> Any:
     target = value_type(kind, name)
     if value is None or (isinstance(value, target) and not (target is int and isinstance(value, bool))):
         return value

@@ -150,15 +150,20 @@ def get_spec(name: str = DEFAULT_MODEL) -> ModelSpec:
     Raises:
         UnknownModel: the name is not in the zoo; the message suggests close names.
     """
-    key = _normalise(name)
-    aliases = _aliases()
-    if key in aliases:
-        return _table()[aliases[key]]
+    known = canonical_name(name)
+    if known is not None:
+        return _table()[known]
+    key, aliases = _normalise(name), _aliases()
     close = difflib.get_close_matches(key, aliases.keys(), n=3, cutoff=0.6)
     hint = f" Did you mean: {', '.join(aliases[c] for c in close)}?" if close else ""
     raise UnknownModel(
         f"unknown model {name!r}.{hint} `clipserve models` lists all {len(_table())} known models."
     )
+
+
+def canonical_name(name: str) -> str | None:
+    """The zoo's canonical name for ``name`` or any of its aliases, else None (cheap: no suggestions)."""
+    return _aliases().get(_normalise(name))
 
 
 def list_models() -> list[ModelSpec]:

@@ -199,7 +199,7 @@ def test_too_many_urls_in_one_request(server) -> None:
 
 def test_in_flight_limits_answer_503_with_retry_after(onnx_dir) -> None:
     with running_server(weights=onnx_dir, max_inflight_items=3, max_inflight_mb=0.0005) as (url, app):
-        batcher = app.state.service.batchers["text"]
+        batcher = app.state.models.default.service.batchers["text"]
         release = threading.Event()
         original = batcher.run
         batcher.run = lambda items: (release.wait(30), original(items))[1]

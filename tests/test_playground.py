@@ -242,3 +242,25 @@ def test_no_playground_turns_it_off(vit_onnx_export) -> None:
     with running_server(model=NAME, weights=vit_onnx_export, playground=False) as (url, _):
         assert httpx.get(f"{url}/").status_code == 404
         assert httpx.get(f"{url}/docs").status_code == 200
+
+
+def test_a_server_of_two_models_offers_a_choice(browser, vit_onnx_export, encoder_for) -> None:
+    rn50 = encoder_for("RN50::openai", "onnx")
+    models = [f"{NAME}={vit_onnx_export}", f"RN50::openai={rn50.info()['weights']}"]
+    with running_server(model=models) as (url, _):
+        page = open_page(browser, url)
+        expect(page.locator("#model-info")).to_contain_text("ViT-B-32", timeout=60_000)
+        assert page.is_visible("#model-picker")
+        page.select_option("#model-choice", "RN50::openai")
+        expect(page.locator("#model-info")).to_contain_text("RN50::openai · open_clip · 1024-d")
+        assert "loads on first use" in page.inner_text("#model-info")  # not loaded before its first request
+        page.fill("#embed-text", "a photo of a cat")
+        page.click("#embed-text-go")
+        page.wait_for_selector("#embed-result:not([hidden])")
+        assert page.inner_text("#embed-dim") == "1024"
+        shown = np.asarray(
+            [page.eval_on_selector("#embed-json", "e => JSON.parse(e.value)")], dtype=np.float32
+        )
+        assert cosines(shown, rn50.encode(["a photo of a cat"])).min() >= 0.9999
+        assert_stayed_local(page)
+        page.context.close()

@@ -288,7 +288,7 @@ def test_url_inputs_refuse_loopback_private_and_metadata(onnx_dir, target) -> No
 
 def test_back_pressure_answers_503_with_retry_after(onnx_dir) -> None:
     with running_server(weights=onnx_dir, max_queue=4, batch_size=1, max_wait_ms=1) as (url, app):
-        batcher = app.state.service.batchers["text"]
+        batcher = app.state.models.default.service.batchers["text"]
         release = threading.Event()
         original = batcher.run
 

@@ -25,7 +25,7 @@ def test_file_then_environment_then_flags(tmp_path, monkeypatch) -> None:
     settings = resolve(ServerSettings, config, port=9100, api_key=None)
     assert settings.port == 9100  # flag over variable over file
     assert settings.precision == "int8" and settings.max_wait_ms == 2.5  # variables
-    assert settings.batch_size == 8 and settings.allow_url is True and settings.model == "RN50::openai"
+    assert settings.batch_size == 8 and settings.allow_url is True and settings.model == ["RN50::openai"]
     assert settings.api_key is None
 
 
@@ -68,3 +68,32 @@ def test_api_key_from_a_file(tmp_path) -> None:
     assert ServerSettings(api_key_file=str(key_file)).resolved_api_key() == "s3cret"
     with pytest.raises(ValueError, match="not both"):
         ServerSettings(api_key="a", api_key_file=str(key_file)).resolved_api_key()
+
+
+def test_several_models_from_flags_variable_and_yaml(tmp_path, monkeypatch) -> None:
+    args = build_parser().parse_args(
+        ["serve", "--model", "ViT-B-32::openai", "--model", "RN50::openai=/models/rn50"]
+    )
+    settings = resolve(ServerSettings, None, **given_settings(args, ServerSettings))
+    engines = settings.engines()
+    assert [e.model for e in engines] == ["ViT-B-32::openai", "RN50::openai"]
+    assert [e.weights for e in engines] == [None, "/models/rn50"]
+    monkeypatch.setenv("CLIPSERVE_MODEL", "RN50::openai, ViT-B-32::openai")
+    assert resolve(ServerSettings).model == ["RN50::openai", "ViT-B-32::openai"]
+    monkeypatch.delenv("CLIPSERVE_MODEL")
+    config = tmp_path / "models.yaml"
+    config.write_text("model:\n  - ViT-B-32::openai\n  - RN50::openai\nmodel_ttl: 300\n")
+    from_file = resolve(ServerSettings, config)
+    assert from_file.model == ["ViT-B-32::openai", "RN50::openai"] and from_file.model_ttl == 300.0
+    assert ServerSettings(model="RN50::openai").model == ["RN50::openai"]
+
+
+def test_per_model_files_need_the_name_path_form() -> None:
+    with pytest.raises(ValueError, match="--model NAME=PATH"):
+        ServerSettings(model=["ViT-B-32::openai", "RN50::openai"], weights="/one/file.pt").engines()
+    with pytest.raises(ValueError, match="no weights path"):
+        ServerSettings(model=["RN50::openai="]).engines()
+    with pytest.raises(ValueError, match="memory_policy must be refuse or evict"):
+        ServerSettings(memory_policy="random").engines()
+    single = ServerSettings(model="RN50::openai", weights="/one/file.pt").engines()
+    assert [(e.model, e.weights) for e in single] == [("RN50::openai", "/one/file.pt")]

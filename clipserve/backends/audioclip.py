@@ -76,13 +76,15 @@ class AudioClipTorchBackend(TorchBackend):
     ) -> None:
         weights = load_audioclip(checkpoint)
         super().__init__(spec, checkpoint, device, precision, model=weights.clip)
-        self.audio = weights.audio.to(resolve_device(device), self.dtype)
+        # bf16 is for images and text: the audio head stays fp32 (its bf16 accuracy is not measured).
+        self.audio_dtype = torch.float32 if precision == "bf16" else self.dtype
+        self.audio = weights.audio.to(resolve_device(device), self.audio_dtype)
         self.logit_scales = weights.logit_scales
 
     @torch.inference_mode()
     def encode_audio(self, samples: np.ndarray) -> np.ndarray:
         """``[n, 220500]`` samples in the 16-bit range → ``[n, 1024]`` (not normalised)."""
-        return self.audio(torch.from_numpy(samples).to(self.device)).float().cpu().numpy()
+        return self.audio(torch.from_numpy(samples).to(self.device, self.audio_dtype)).float().cpu().numpy()
 
 
 def export_audioclip(spec: ModelSpec, checkpoint: Path, out_dir: Path) -> Path:

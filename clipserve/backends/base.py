@@ -9,14 +9,18 @@ import numpy as np
 from clipserve.errors import UnsupportedModel
 from clipserve.zoo import ModelSpec
 
-PRECISIONS = ("fp32", "fp16", "int8")
-"""Named precisions: fp32 is exact; fp16 and int8 trade accuracy for speed and are never a default."""
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+"""Named precisions: fp32 is exact; bf16, fp16 and int8 trade accuracy for speed and are never a default."""
 
 PRECISION_DEVICES: dict[str, dict[str, tuple[str, ...]]] = {
     "onnx": {"fp32": ("cpu", "cuda", "tensorrt"), "int8": ("cpu",)},
-    "torch": {"fp32": ("cpu", "cuda"), "fp16": ("cuda",)},
+    "torch": {"fp32": ("cpu", "cuda"), "bf16": ("cpu",), "fp16": ("cuda",)},
 }
 """backend → precision → the device kinds it runs on."""
+PRECISION_HINTS = {
+    ("onnx", "bf16"): "bf16 runs on the torch backend: ONNX Runtime's CPU provider has no bf16 kernels",
+    ("torch", "int8"): "int8 runs on the onnx backend",
+}
 
 
 class Backend(Protocol):
@@ -47,7 +51,11 @@ def check_backend_precision(precision: str, backend: str) -> None:
         raise UnsupportedModel(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision not in PRECISION_DEVICES[backend]:
         offered = ", ".join(PRECISION_DEVICES[backend])
-        raise UnsupportedModel(f"the {backend} backend has no {precision!r} precision (it offers: {offered})")
+        hint = PRECISION_HINTS.get((backend, precision))
+        raise UnsupportedModel(
+            f"the {backend} backend has no {precision!r} precision (it offers: {offered})"
+            + (f"; {hint}" if hint else "")
+        )
 
 
 def check_precision(precision: str, backend: str, device: str) -> None:

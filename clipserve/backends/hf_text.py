@@ -18,8 +18,7 @@ import torch
 import transformers
 from torch import nn
 
-from clipserve.backends.base import check_precision
-from clipserve.backends.torch import resolve_device
+from clipserve.backends.torch import precision_dtype, resolve_device
 from clipserve.errors import WeightsUnavailable, listed
 from clipserve.families.hf_configs import config_dir
 from clipserve.weights import EXPORT_FORMAT, staged_dir, write_export_meta
@@ -83,13 +82,12 @@ def load_mean_pooled(directory: Path, base: str, dim: int) -> MeanPooledEncoder:
 
 
 class TorchTextEncoder:
-    """Runs a :class:`MeanPooledEncoder` on CPU or CUDA (fp16 on CUDA)."""
+    """Runs a :class:`MeanPooledEncoder` on CPU or CUDA (bf16 on CPUs that have it, fp16 on CUDA)."""
 
     def __init__(self, model: MeanPooledEncoder, device: str, precision: str, source: Path) -> None:
         self.device = resolve_device(device)
-        check_precision(precision, "torch", self.device.type)
+        self.dtype = precision_dtype(precision, self.device)
         self.precision = precision
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.model = model.to(self.device, self.dtype)
         self.source = source
 

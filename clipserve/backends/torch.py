@@ -14,6 +14,7 @@ from torch import nn
 from clipserve.backends.base import check_precision
 from clipserve.errors import DeviceUnavailable, UnsupportedModel
 from clipserve.families.hf_configs import config_dir
+from clipserve.resources import BF16_FLAGS, cpu_flags, cpu_model
 from clipserve.weights import OPEN_CLIP_CONFIG
 from clipserve.zoo import ModelSpec
 
@@ -122,6 +123,21 @@ def resolve_device(device: str) -> torch.device:
     raise DeviceUnavailable(f"the torch backend runs on 'cpu' or 'cuda[:N]', not {device!r}")
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The torch dtype of ``precision`` (checked for ``device``); bf16 on a CPU that has bf16
+    instructions only: elsewhere it would be emulated, slower than fp32."""
+    check_precision(precision, "torch", device.type)
+    if precision == "bf16" and device.type == "cpu" and not cpu_flags() & set(BF16_FLAGS):
+        raise UnsupportedModel(
+            f"precision 'bf16' needs a CPU with bf16 instructions ({' or '.join(BF16_FLAGS)}); "
+            f"{cpu_model()} has neither, so bf16 would be emulated and slower than fp32: use fp32 or int8"
+        )
+    return DTYPES[precision]
+
+
 class TorchBackend:
     """Runs an open_clip model; see :class:`clipserve.backends.base.Backend`."""
 
@@ -135,10 +151,9 @@ class TorchBackend:
     ) -> None:
         """``model``: an open_clip model already loaded from ``checkpoint`` (AudioCLIP's CLIP part)."""
         self.device = resolve_device(device)
-        check_precision(precision, "torch", self.device.type)
+        self.dtype = precision_dtype(precision, self.device)
         self.spec = spec
         self.precision = precision
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
         self.checkpoint = checkpoint
         if model is None:
             try:
@@ -154,8 +169,13 @@ class TorchBackend:
 
     @torch.inference_mode()
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(pixels).to(self.device, self.dtype)
-        return self.image_tower(x).float().cpu().numpy()
+        return self.encode_image_tensor(torch.from_numpy(pixels))
+
+    @torch.inference_mode()
+    def encode_image_tensor(self, pixels: torch.Tensor) -> np.ndarray:
+        """Normalised float pixels ``[n, 3, H, W]``, anywhere (already on the device: no copy) →
+        float32 ``[n, dim]`` (not normalised)."""
+        return self.image_tower(pixels.to(self.device, self.dtype)).float().cpu().numpy()
 
     @torch.inference_mode()
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:

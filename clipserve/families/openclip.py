@@ -16,11 +16,11 @@ import numpy as np
 from clipserve.backends.base import Backend
 from clipserve.backends.factory import create_backend
 from clipserve.cache import enforce_cap
-from clipserve.errors import InvalidInput, echo
+from clipserve.errors import InvalidInput, UnsupportedModel, echo
 from clipserve.families.base import Tower
 from clipserve.families.openclip_config import spec_from_hub_dir
 from clipserve.inputs import Item
-from clipserve.preprocess.image import ImageLimits, ImagePreprocessor, decode_image
+from clipserve.preprocess.image import DRAFT_MARGIN, ImageLimits, ImagePreprocessor, decode_image
 from clipserve.preprocess.text import BUILTIN_TOKENIZER, ClipTokenizer, HfTokenizer
 from clipserve.settings import EngineSettings
 from clipserve.weights import (
@@ -121,23 +121,19 @@ def text_tower(tokenizer: Tokenizer, backend: Backend, max_chars: int) -> Tower:
 
 def image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettings) -> Tower:
     """Decoded, resized and cropped RGB per image (uint8), normalised per batch: exact to
-    open_clip's transform."""
+    open_clip's transform (or, with ``tensor_preprocess``, as tensors on the model's device)."""
+    if settings.tensor_preprocess:
+        return tensor_image_tower(spec, backend, settings)
     preprocess = ImagePreprocessor(spec)
     limits = ImageLimits(settings.max_pixels, settings.max_aspect_ratio)
     limits.allow_in_pillow()
     expected_shape = (3, *spec.image_size)
+    draft_edge = DRAFT_MARGIN * min(spec.image_size) if settings.fast_decode else None
 
     def prepare(item: Item) -> np.ndarray:
         if item.kind == "pixels":
             return check_pixels(item, expected_shape, spec.name)
-        image = decode_image(item.value, item.index, limits)
-        try:
-            return preprocess.rgb(image)
-        except Exception as exc:  # resampling or mode conversion of a hostile image
-            raise InvalidInput(
-                f"cannot preprocess image of mode {image.mode}: {type(exc).__name__}: {echo(str(exc))}",
-                item.index,
-            ) from exc
+        return exact_rgb(item, preprocess, limits, draft_edge)
 
     def run(batch: Sequence[np.ndarray]) -> np.ndarray:
         if all(pixels.dtype == np.uint8 for pixels in batch):
@@ -148,6 +144,52 @@ def image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettings) -> 
 
     max_batch = CPU_IMAGE_BATCH if settings.device == "cpu" else None
     return Tower("image", prepare, run, max_batch=max_batch)
+
+
+def tensor_image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettings) -> Tower:
+    """Baseline colour JPEGs decoded and preprocessed as tensors on the model's device, the other
+    images on the exact path; see :mod:`clipserve.preprocess.tensor_image`."""
+    if settings.backend != "torch":
+        raise UnsupportedModel("tensor_preprocess runs on the torch backend (its tensors feed the model)")
+    if settings.fast_decode:
+        raise UnsupportedModel("fast_decode applies to the exact path; tensor_preprocess decodes otherwise")
+    from clipserve.preprocess.tensor_image import TensorImagePreprocessor, tensor_path_source
+
+    exact = ImagePreprocessor(spec)
+    tensors = TensorImagePreprocessor(
+        spec.image_size, spec.resize_mode, spec.interpolation, spec.mean, spec.std, backend.device
+    )
+    limits = ImageLimits(settings.max_pixels, settings.max_aspect_ratio)
+    limits.allow_in_pillow()
+    expected_shape = (3, *spec.image_size)
+
+    def prepare(item: Item):
+        if item.kind == "pixels":
+            return check_pixels(item, expected_shape, spec.name)
+        data = tensor_path_source(item, limits)
+        if data is not None:
+            return tensors.decode(data, item.index)
+        return exact_rgb(item, exact, limits, None)
+
+    def run(batch: Sequence) -> np.ndarray:
+        return backend.encode_image_tensor(tensors.batch(list(batch)))
+
+    max_batch = CPU_IMAGE_BATCH if settings.device == "cpu" else None
+    return Tower("image", prepare, run, max_batch=max_batch)
+
+
+def exact_rgb(
+    item: Item, preprocess: ImagePreprocessor, limits: ImageLimits, draft_edge: int | None
+) -> np.ndarray:
+    """The exact path of one image: decoded (guarded), resized and cropped uint8 ``[3, H, W]``."""
+    image = decode_image(item.value, item.index, limits, draft_edge)
+    try:
+        return preprocess.rgb(image)
+    except Exception as exc:  # resampling or mode conversion of a hostile image
+        raise InvalidInput(
+            f"cannot preprocess image of mode {image.mode}: {type(exc).__name__}: {echo(str(exc))}",
+            item.index,
+        ) from exc
 
 
 def check_pixels(item: Item, expected: tuple[int, ...], model: str) -> np.ndarray:

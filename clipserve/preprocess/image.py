@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,10 @@ RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BI
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
 )
+DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
+"""Formats whose decoder can scale down while decoding (libjpeg's DCT scaling by 1/2, 1/4, 1/8)."""
+DRAFT_MARGIN = 2
+"""The fast decode path keeps at least this many times the model's input on the short side."""
 EXACT_RESIZE_MAX_RATIO = 16
 """Images whose resized size is at most this many crops are resized whole (pixel-exact to open_clip)."""
 WANTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
@@ -78,8 +83,13 @@ def decode_image(
     source: bytes | str | Path | Image.Image | np.ndarray,
     index: int | None = None,
     limits: ImageLimits = ImageLimits(),
+    draft_edge: int | None = None,
 ) -> Image.Image:
     """Decode raw bytes, a file path, a PIL image or an ``[H, W, 3]`` uint8 RGB array.
+
+    ``draft_edge`` (the fast path, opt-in): a JPEG whose short side is at least twice this is
+    decoded at the smallest of libjpeg's scales (1/2, 1/4, 1/8) that keeps its short side at least
+    ``draft_edge``; fewer pixels are decoded, and the result is no longer pixel-exact.
 
     Raises:
         InvalidInput: corrupt, truncated or non-image data, a format outside the allow-list, more
@@ -97,6 +107,8 @@ def decode_image(
     try:
         image = Image.open(stream, formats=allowed_formats())
         limits.check(image.size, index)
+        if draft_edge is not None and image.format in DRAFT_FORMATS:
+            _draft(image, draft_edge)
         image.load()
     except InvalidInput:
         raise
@@ -111,6 +123,13 @@ def decode_image(
             f"corrupt or truncated image: {type(exc).__name__}: {echo(str(exc))}", index
         ) from exc
     return image
+
+
+def _draft(image: Image.Image, edge: int) -> None:
+    scale = min(image.size) / edge
+    if scale >= 2:
+        # Pillow picks the largest reduction whose result is at least the requested size.
+        image.draft(image.mode, (math.ceil(image.width / scale), math.ceil(image.height / scale)))
 
 
 def _image_from_array(array: np.ndarray, index: int | None) -> Image.Image:
@@ -147,7 +166,7 @@ class ImagePreprocessor:
         height, width = self.size
         if self.resize_mode == "squash":
             return image if image.size == (width, height) else image.resize((width, height), self.resample)
-        resized_w, resized_h = _shortest_edge_size(image.size, height)
+        resized_w, resized_h = shortest_edge_size(image.size, height)
         left = round((resized_w - width) / 2.0)
         top = round((resized_h - height) / 2.0)
         if resized_w * resized_h <= EXACT_RESIZE_MAX_RATIO * width * height:
@@ -177,7 +196,7 @@ class ImagePreprocessor:
         return self.normalise(self.rgb(image))
 
 
-def _shortest_edge_size(size: tuple[int, int], edge: int) -> tuple[int, int]:
+def shortest_edge_size(size: tuple[int, int], edge: int) -> tuple[int, int]:
     """torchvision's ``Resize(int)`` output size: the short side becomes ``edge``, the long side truncates."""
     width, height = size
     short, long = (width, height) if width <= height else (height, width)

@@ -42,17 +42,18 @@ class ClipserveReplica:
     def __init__(self, settings: ServerSettings) -> None:
         limit_malloc_arenas()
         self.asgi_app = create_app(settings)  # loads the model: the replica is not ready before
-        self.service = self.asgi_app.state.service
-        log.info("replica %s serves %s", os.getpid(), self.service.encoder.info())
+        self.models = self.asgi_app.state.models
+        log.info("replica %s serves %s", os.getpid(), ", ".join(self.models.models))
 
     def __serve_build_asgi_app__(self):
         return self.asgi_app
 
     async def check_health(self) -> None:
-        """Ray's periodic health check: one tiny item through the model (Ray replaces the replica
-        when it raises)."""
-        if "text" in self.service.encoder.modalities:
-            await self.service.embed([Item(0, "text", "text", "health check")])
+        """Ray's periodic health check: one tiny item through the default model while it is loaded
+        (Ray replaces the replica when it raises)."""
+        default = self.models.default
+        if default.service is not None and "text" in default.modalities:
+            await default.service.embed([Item(0, "text", "text", "health check")])
 
 
 PROXY_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "clipserve.server.proxy:proxy_middlewares"}
@@ -122,7 +123,12 @@ def run(settings: ServerSettings) -> None:
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
-    log.warning("serving %s on http://%s:%d through Ray Serve", settings.model, settings.host, settings.port)
+    log.warning(
+        "serving %s on http://%s:%d through Ray Serve",
+        ", ".join(settings.model),
+        settings.host,
+        settings.port,
+    )
     stopped.wait()
     serve.delete(DEPLOYMENT)
     ray.shutdown()

@@ -32,19 +32,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from clipserve.encoder import Encoder, clip_scores
-from clipserve.errors import (
-    ClipserveError,
-    InvalidInput,
-    Overloaded,
-    RequestTooLarge,
-    Unauthorized,
-    UnknownModel,
-    echo,
-)
+from clipserve.encoder import clip_scores
+from clipserve.errors import ClipserveError, InvalidInput, Overloaded, RequestTooLarge, Unauthorized, echo
 from clipserve.inputs import Item, openai_item
 from clipserve.server import schemas
-from clipserve.server.service import EncodingService
+from clipserve.server.metrics import Metrics
+from clipserve.server.models import ModelPool, ServedModel
 from clipserve.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -72,25 +65,20 @@ JSON_VALUES_PER_ITEM = 4
 """An item is an object with one key, and a comma: 3 structural characters; 4 leaves slack."""
 
 
-def build_encoder(settings: ServerSettings) -> Encoder:
-    """The :class:`Encoder` that ``settings`` describe."""
-    # Idle inference threads must not spin: request handling needs those cycles.
-    return Encoder(settings=settings.engine(), spin=False)
-
-
-def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> FastAPI:
-    """The ASGI app for ``settings`` (model, limits, auth, batching); builds the encoder unless given."""
-    api_key = settings.resolved_api_key()
-    encoder = encoder or build_encoder(settings)
-    service = EncodingService(encoder, settings)
+def create_app(settings: ServerSettings) -> FastAPI:
+    """The ASGI app for ``settings`` (models, limits, auth, batching); loads the default model (and,
+    with ``preload``, every one) now, so a bad model or weights fails before the server binds."""
+    settings.resolved_api_key()  # a missing or empty key file fails before any model loads
+    metrics = Metrics()
+    pool = ModelPool(settings, metrics)
+    pool.load_at_start()
     bodies = schemas.request_models(settings.max_items)
-    name = encoder.spec.name
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        log.info("serving %s", encoder.info())
+        pool.start()
         yield
-        await service.close()
+        await pool.close()
 
     app = FastAPIOffline(  # Swagger UI and ReDoc from the package's assets: no CDN, works offline
         title="clipserve",
@@ -99,9 +87,9 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
         static_url=DOCS_ASSETS,
     )
     app.router.route_class = OffLoopJSONRoute
-    app.state.service = service
+    app.state.models = pool
     app.state.max_json_values = JSON_VALUES_PER_ITEM * settings.max_items + 64
-    app.add_middleware(RequestGuard, service=service, api_key=api_key)
+    app.add_middleware(RequestGuard, settings=settings, metrics=metrics, default=pool.default)
 
     @app.exception_handler(ClipserveError)
     async def clipserve_error(request: Request, exc: ClipserveError) -> JSONResponse:
@@ -128,45 +116,56 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
     def items_of(inputs: list[schemas.Input]) -> list[Item]:
         return [x.item(i, settings.allow_url) for i, x in enumerate(inputs)]
 
+    def chosen(request: Request, name: str | None) -> ServedModel:
+        """The model the request names (or the default), recorded for the metrics and headers."""
+        model = pool.find(name)
+        request.scope.setdefault("state", {})["model"] = model
+        return model
+
     @app.post("/encode", responses={200: {"model": schemas.EncodeResponse}})
     async def encode(body: bodies.encode, request: Request) -> Response:
         """Embed texts, images and audio, in order. ``Accept: application/x-npy`` returns a float32 .npy."""
-        vectors, _ = await service.embed(items_of(body.inputs))
+        model = chosen(request, body.model)
+        async with pool.use(model) as service:
+            vectors, _ = await service.embed(items_of(body.inputs))
         if NPY in request.headers.get("accept", ""):
             buffer = io.BytesIO()
             np.save(buffer, vectors)
-            headers = {"X-Clipserve-Model": name, "X-Clipserve-Dim": str(encoder.dim)}
+            headers = {"X-Clipserve-Model": model.name, "X-Clipserve-Dim": str(model.spec.dim)}
             return Response(buffer.getvalue(), media_type=NPY, headers=headers)
-        return _json({"model": name, "dim": encoder.dim, "embeddings": vectors})
+        return _json({"model": model.name, "dim": model.spec.dim, "embeddings": vectors})
 
     @app.post("/rank", response_model=schemas.RankResponse)
-    async def rank(body: bodies.rank) -> schemas.RankResponse:
+    async def rank(body: bodies.rank, request: Request) -> schemas.RankResponse:
         """Candidates sorted by clip_score: softmax over them of logit_scale × cosine to the query."""
-        try:
-            items = items_of([body.query, *body.candidates])
-            vectors, _ = await service.embed(items)
-        except InvalidInput as exc:
-            if exc.index == 0:
-                raise InvalidInput(f"query: {exc.reason}") from exc
-            raise InvalidInput(f"candidate: {exc.reason}", exc.index - 1) from exc
-        scales = np.asarray([encoder.logit_scale(items[0].modality, item.modality) for item in items[1:]])
+        model = chosen(request, body.model)
+        items = items_of([body.query, *body.candidates])
+        async with pool.use(model) as service:
+            try:
+                vectors, _ = await service.embed(items)
+            except InvalidInput as exc:
+                if exc.index == 0:
+                    raise InvalidInput(f"query: {exc.reason}") from exc
+                raise InvalidInput(f"candidate: {exc.reason}", exc.index - 1) from exc
+            encoder = service.encoder
+            scales = np.asarray([encoder.logit_scale(items[0].modality, item.modality) for item in items[1:]])
         order, scores, cosines = clip_scores(vectors[0], vectors[1:], scales)
         matches = [schemas.Match(index=int(i), clip_score=scores[i], cosine=cosines[i]) for i in order]
-        return schemas.RankResponse(model=name, matches=matches)
+        return schemas.RankResponse(model=model.name, matches=matches)
 
     @app.post("/v1/embeddings", responses={200: {"model": schemas.EmbeddingsResponse}})
-    async def embeddings(body: bodies.embeddings) -> Response:
+    async def embeddings(body: bodies.embeddings, request: Request) -> Response:
         """OpenAI-compatible embeddings; an input that is an image or audio data URI is embedded as such."""
-        if body.model is not None and not service.serves(body.model):
-            raise UnknownModel(f"model {echo(body.model)!r} is not served here; this server serves {name}")
-        if body.dimensions is not None and body.dimensions != encoder.dim:
-            raise InvalidInput(f"dimensions must be {encoder.dim} for {name}, got {body.dimensions}")
+        model = chosen(request, body.model)
+        if body.dimensions is not None and body.dimensions != model.spec.dim:
+            raise InvalidInput(f"dimensions must be {model.spec.dim} for {model.name}, got {body.dimensions}")
         inputs = [body.input] if isinstance(body.input, str) else body.input
         if not inputs:
             raise InvalidInput("input is empty")
-        vectors, tokens = await service.embed(
-            [openai_item(i, text, settings.allow_url) for i, text in enumerate(inputs)]
-        )
+        async with pool.use(model) as service:
+            vectors, tokens = await service.embed(
+                [openai_item(i, text, settings.allow_url) for i, text in enumerate(inputs)]
+            )
         if body.encoding_format == "base64":
             data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
         else:
@@ -175,18 +174,27 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
             {
                 "object": "list",
                 "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(data)],
-                "model": name,
+                "model": model.name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
 
     @app.get("/v1/models")
     async def models() -> dict:
-        """The served model, in OpenAI's list shape, with what it is and what runs it."""
-        info = encoder.info()
-        described = {key: info[key] for key in ("dim", "family", "backend", "device", "precision")}
-        entry = {"id": name, "object": "model", "created": 0, "owned_by": "clipserve", **described}
-        return {"object": "list", "data": [{**entry, "modalities": list(encoder.modalities)}]}
+        """The served models, in OpenAI's list shape (the default first), with what each is and runs."""
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "clipserve",
+                    **model.describe(),
+                }
+                for model in pool.models.values()
+            ],
+        }
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -195,14 +203,18 @@ def create_app(settings: ServerSettings, encoder: Encoder | None = None) -> Fast
 
     @app.get("/readyz")
     async def readyz() -> dict:
-        """Model loaded and serving: what runs (no file system paths)."""
-        shown = {k: v for k, v in encoder.info().items() if k != "weights"}
-        return {"status": "ready", "modalities": list(encoder.modalities), **shown}
+        """Ready to serve: the default model's description at the top level, every model's state in
+        ``models`` (``unloaded`` ones load on their first request; no file system paths)."""
+        return {
+            "status": "ready",
+            **pool.default.describe(),
+            "models": {model.name: model.describe() for model in pool.models.values()},
+        }
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics_route() -> Response:
         """Prometheus metrics."""
-        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     if settings.playground:
         app.mount("/playground/static", StaticFiles(directory=PLAYGROUND), name="playground")
@@ -341,13 +353,13 @@ class BodyTooLarge(HTTPException):
 class RequestGuard:
     """ASGI middleware, before any route: API key, body size, in-flight bytes; and the metrics."""
 
-    def __init__(self, app, service: EncodingService, api_key: str | None) -> None:
-        self.app, self.service = app, service
+    def __init__(self, app, settings: ServerSettings, metrics: Metrics, default: ServedModel) -> None:
+        self.app, self.metrics, self.default = app, metrics, default
+        api_key = settings.resolved_api_key()
         self.api_key = api_key.encode() if api_key is not None else None
-        self.max_bytes = service.settings.max_body_bytes
-        self.max_inflight = service.settings.max_inflight_bytes
+        self.max_bytes = settings.max_body_bytes
+        self.max_inflight = settings.max_inflight_bytes
         self.inflight = 0
-        self.served_by = (SERVED_BY_HEADER, service.encoder.spec.name.encode())
 
     def admit(self, scope) -> int:
         """The body bytes the request reserves; raises why it is refused before its body is read."""
@@ -387,7 +399,8 @@ class RequestGuard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                added = [self.served_by]
+                model = state.get("model", self.default)
+                added = [(SERVED_BY_HEADER, model.name.encode())]
                 if scope["path"] in PAGES:
                     added.append((b"content-security-policy", PAGE_POLICY))
                 message = {**message, "headers": [*message.get("headers", []), *added]}
@@ -408,4 +421,7 @@ class RequestGuard:
         finally:
             self.inflight -= reserved
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.service.metrics.request(route, status, time.perf_counter() - start, state.get("error"))
+            model = state.get("model", self.default)
+            self.metrics.request(
+                route, status, time.perf_counter() - start, state.get("error"), model.metrics.served
+            )

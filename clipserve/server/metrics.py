@@ -1,4 +1,5 @@
-"""Prometheus metrics of one server, each labelled with the model, family, backend and precision served."""
+"""Prometheus metrics of one server; model-level ones labelled with the model, family, backend and
+precision that served them (several models may be served by one server)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ SERVED = ("model", "family", "backend", "precision")
 class Metrics:
     """The server's metrics in a registry of their own (several apps can live in one process)."""
 
-    def __init__(self, info: dict[str, object]) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.served = {key: str(info[key]) for key in SERVED}
         r = self.registry
         self.requests = Counter(
             "clipserve_requests",
@@ -56,35 +56,93 @@ class Metrics:
             ["outcome", *SERVED],
             registry=r,
         )
-        info_gauge = Gauge(
+        self.info = Gauge(
             "clipserve_model_info",
-            "What runs: model, backend, precision, device, providers",
+            "What runs, while a model is loaded: model, backend, precision, device, providers",
             [*SERVED, "device", "providers", "dim"],
             registry=r,
         )
-        info_gauge.labels(
-            **self.served,
-            device=str(info["device"]),
-            providers=",".join(info.get("providers", []) or []),
-            dim=str(info["dim"]),
-        ).set(1)
+        self.loaded = Gauge(
+            "clipserve_model_loaded", "1 while the model is loaded, else 0", SERVED, registry=r
+        )
+        self.loads = Counter(
+            "clipserve_model_loads",
+            "Model loads by outcome: ok, failed, or refused (memory limit)",
+            ["outcome", *SERVED],
+            registry=r,
+        )
+        self.unloads = Counter(
+            "clipserve_model_unloads",
+            "Model unloads by reason: idle or memory",
+            ["reason", *SERVED],
+            registry=r,
+        )
+        self.memory = Gauge(
+            "clipserve_model_memory_bytes",
+            "Resident memory the model's last load added to the server",
+            SERVED,
+            registry=r,
+        )
 
-    def request(self, route: str, status: int, seconds: float, error: str | None = None) -> None:
-        self.requests.labels(route=route, status=str(status), **self.served).inc()
-        self.latency.labels(route=route, **self.served).observe(seconds)
+    def request(
+        self, route: str, status: int, seconds: float, error: str | None, served: dict[str, str]
+    ) -> None:
+        self.requests.labels(route=route, status=str(status), **served).inc()
+        self.latency.labels(route=route, **served).observe(seconds)
         if status >= 400:
-            self.errors.labels(route=route, status=str(status), error=error or "", **self.served).inc()
+            self.errors.labels(route=route, status=str(status), error=error or "", **served).inc()
 
-    def batch(self, modality: str, size: int) -> None:
-        self.batch_size.labels(modality=modality, **self.served).observe(size)
-        self.items.labels(modality=modality, **self.served).inc(size)
-
-    def text_cache(self, hits: int, misses: int) -> None:
-        self.text_cache_lookups.labels(outcome="hit", **self.served).inc(hits)
-        self.text_cache_lookups.labels(outcome="miss", **self.served).inc(misses)
-
-    def watch_queue(self, modality: str, depth: Callable[[], int]) -> None:
-        self.queue_depth.labels(modality=modality, **self.served).set_function(depth)
+    def for_model(self, served: dict[str, str]) -> ModelMetrics:
+        """The metrics of one served model (``served``: its :data:`SERVED` labels)."""
+        return ModelMetrics(self, served)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ModelMetrics:
+    """One model's view of :class:`Metrics`: its labels filled in."""
+
+    def __init__(self, metrics: Metrics, served: dict[str, str]) -> None:
+        self.metrics, self.served = metrics, served
+        self._info_labels: dict[str, str] | None = None
+        self._watched: list[str] = []
+        metrics.loaded.labels(**served).set(0)
+
+    def batch(self, modality: str, size: int) -> None:
+        self.metrics.batch_size.labels(modality=modality, **self.served).observe(size)
+        self.metrics.items.labels(modality=modality, **self.served).inc(size)
+
+    def text_cache(self, hits: int, misses: int) -> None:
+        self.metrics.text_cache_lookups.labels(outcome="hit", **self.served).inc(hits)
+        self.metrics.text_cache_lookups.labels(outcome="miss", **self.served).inc(misses)
+
+    def watch_queue(self, modality: str, depth: Callable[[], int]) -> None:
+        self.metrics.queue_depth.labels(modality=modality, **self.served).set_function(depth)
+        self._watched.append(modality)
+
+    def load(self, outcome: str, info: dict[str, object] | None = None, memory_bytes: int = 0) -> None:
+        """A load ended with ``outcome``; when ``ok``, ``info`` says what now runs."""
+        self.metrics.loads.labels(outcome=outcome, **self.served).inc()
+        if outcome != "ok" or info is None:
+            return
+        self._info_labels = {
+            **self.served,
+            "device": str(info["device"]),
+            "providers": ",".join(info.get("providers", []) or []),
+            "dim": str(info["dim"]),
+        }
+        self.metrics.info.labels(**self._info_labels).set(1)
+        self.metrics.loaded.labels(**self.served).set(1)
+        self.metrics.memory.labels(**self.served).set(memory_bytes)
+
+    def unload(self, reason: str) -> None:
+        """The model was unloaded: its info and queue gauges go, its loaded gauge reads 0."""
+        self.metrics.unloads.labels(reason=reason, **self.served).inc()
+        self.metrics.loaded.labels(**self.served).set(0)
+        if self._info_labels is not None:
+            self.metrics.info.remove(*self._info_labels.values())
+            self._info_labels = None
+        for modality in self._watched:
+            self.metrics.queue_depth.remove(modality, *self.served.values())
+        self._watched.clear()

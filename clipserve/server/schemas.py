@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from clipserve.inputs import Item, wire_item
 
+MODEL_NAME_CHARS = 200
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -49,16 +51,26 @@ def request_models(max_items: int) -> RequestModels:
 
     class EncodeRequest(Strict):
         inputs: list[Input] = Field(min_length=1, max_length=max_items)
+        model: str | None = Field(
+            None,
+            max_length=MODEL_NAME_CHARS,
+            description="a served model (GET /v1/models); default: the first",
+        )
 
     class RankRequest(Strict):
         query: Input
         candidates: list[Input] = Field(min_length=1, max_length=max(1, max_items - 1))
+        model: str | None = Field(
+            None,
+            max_length=MODEL_NAME_CHARS,
+            description="a served model (GET /v1/models); default: the first",
+        )
 
     class EmbeddingsRequest(Strict):
         """OpenAI's ``/v1/embeddings`` body; images and audio go in ``input`` as data URIs."""
 
         input: str | Annotated[list[str], Field(max_length=max_items)]
-        model: str | None = None
+        model: str | None = Field(None, max_length=MODEL_NAME_CHARS)
         encoding_format: Literal["float", "base64"] = "float"
         dimensions: int | None = None
         user: str | None = None

@@ -1,4 +1,4 @@
-"""The request-facing operations over one Encoder: admit, prepare, batch dynamically, embed.
+"""The request-facing operations over one model's Encoder: admit, prepare, batch dynamically, embed.
 
 The steps are the library's own (:class:`clipserve.pipeline.Pipeline`); only their scheduling
 differs: URL fetches run on the fetch pool, decoding on the preparation pool, and prepared items
@@ -14,12 +14,11 @@ import numpy as np
 
 from clipserve.batching import DynamicBatcher
 from clipserve.encoder import Encoder
-from clipserve.errors import InvalidInput, Overloaded, RequestTooLarge, UnknownModel
+from clipserve.errors import InvalidInput, Overloaded, RequestTooLarge
 from clipserve.fetch import ByteBudget
 from clipserve.inputs import Item
-from clipserve.server.metrics import Metrics
+from clipserve.server.metrics import ModelMetrics
 from clipserve.settings import ServerSettings
-from clipserve.zoo import get_spec
 
 INLINE_TEXT_CHARS = 2048
 """Light items (texts) of a request with at most this many characters are prepared on the event
@@ -29,10 +28,9 @@ loop: faster than a hop to a worker thread and back."""
 class EncodingService:
     """Turns request items into vectors; concurrent requests share model calls per modality."""
 
-    def __init__(self, encoder: Encoder, settings: ServerSettings) -> None:
-        self.encoder, self.settings = encoder, settings
+    def __init__(self, encoder: Encoder, settings: ServerSettings, metrics: ModelMetrics) -> None:
+        self.encoder, self.settings, self.metrics = encoder, settings, metrics
         self.pipeline = encoder.pipeline
-        self.metrics = Metrics(encoder.info())
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="clipserve-infer")
         self._inflight_items = 0
         self.batchers = {
@@ -54,13 +52,6 @@ class EncodingService:
             await batcher.close()
         self._inference.shutdown(wait=True)
         self.encoder.close()
-
-    def serves(self, name: str) -> bool:
-        """True when ``name`` resolves to the served model."""
-        try:
-            return get_spec(name).name == self.encoder.spec.name
-        except UnknownModel:
-            return False
 
     def check_request(self, items: list[Item]) -> None:
         """Refuse a request over the item or URL count limits before any work (413)."""

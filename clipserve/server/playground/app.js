@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { key: null, info: null, gallery: [] };
+const state = { key: null, info: null, model: null, gallery: [] };
 
 // -- API ------------------------------------------------------------------------------------------
 
@@ -18,6 +18,7 @@ class ApiError extends Error {
 async function api(path, body) {
   const headers = { "Content-Type": "application/json" };
   if (state.key) headers.Authorization = `Bearer ${state.key}`;
+  if (body !== undefined && state.model) body = { ...body, model: state.model };
   const response = await fetch(path, body === undefined ? { headers } : { method: "POST", headers, body: JSON.stringify(body) });
   const answer = await response.json().catch(() => null);
   if (response.status === 401) {
@@ -87,18 +88,33 @@ function showKeyForm(message) {
 
 async function loadInfo() {
   try {
-    const info = await api("readyz");
-    state.info = info;
+    const ready = await api("readyz");
     $("key-form").hidden = true;
-    const parts = [info.model, info.family, `${info.dim}-d`, info.backend, info.device, info.precision];
-    $("model-info").textContent = parts.filter(Boolean).join(" · ");
-    if ((info.modalities || []).includes("audio")) {
-      for (const id of ["embed-file", "rank-query-file"]) $(id).accept = "image/*,audio/*";
+    const names = Object.keys(ready.models || {});
+    $("model-picker").hidden = names.length < 2;
+    if (names.length > 1 && !$("model-choice").options.length) {
+      for (const name of names) $("model-choice").add(new Option(name, name));
     }
+    showModel(ready.models && state.model ? ready.models[state.model] : ready);
   } catch (error) {
     if (error.status !== 401) $("model-info").textContent = `not ready: ${error.message}`;
   }
 }
+
+function showModel(info) {
+  state.info = info;
+  const parts = [info.model, info.family, `${info.dim}-d`, info.backend, info.device, info.precision];
+  const unloaded = info.state && info.state !== "ready" ? `${info.state}: loads on first use` : null;
+  $("model-info").textContent = [...parts, unloaded].filter(Boolean).join(" · ");
+  const hears = (info.modalities || []).includes("audio");
+  for (const id of ["embed-file", "rank-query-file"]) $(id).accept = hears ? "image/*,audio/*" : "image/*";
+}
+
+$("model-choice").addEventListener("change", () => {
+  state.model = $("model-choice").value;
+  state.gallery = [];  // vectors of one model do not compare with another's
+  loadInfo();
+});
 
 $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();

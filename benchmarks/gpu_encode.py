@@ -1,0 +1,185 @@
+"""JPEG bytes → vectors on a device: clipserve's tensor path against open_clip's DataLoader pipeline.
+
+In one run, on the same JPEG bytes (the shared photos, or 12 MP ones with ``--large``):
+- open_clip's own pipeline: a DataLoader whose workers decode and resize with PIL, the model on the
+  device (fp16 on CUDA, fp32 on the CPU);
+- clipserve torch with the exact path (PIL on the decode threads);
+- clipserve torch with ``tensor_preprocess`` (torchvision decode and resize on the device).
+
+Prints images/s, the ratio to open_clip, and the GPU utilisation sampled during each run (CUDA,
+through ``nvidia-smi``), then where the time of one batch goes on the tensor path (decode, resize,
+model). On a CPU-only machine ``--device cpu`` runs the same pipelines (a smoke run; the numbers
+that matter are a GPU's).
+
+    python benchmarks/gpu_encode.py --device cuda [--images 4096] [--batch-size 256] [--workers 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from photos import jpeg_photos, large_jpeg_photos
+from PIL import Image
+from serving import cpu_description
+
+from clipserve.encoder import Encoder
+from clipserve.preprocess.tensor_image import TensorImagePreprocessor
+from clipserve.zoo import get_spec
+
+MODEL = "ViT-B-32::openai"
+
+
+class GpuUtilisation:
+    """Mean GPU utilisation (%) over a run, sampled with ``nvidia-smi`` every 100 ms (CUDA only)."""
+
+    def __init__(self, device: str) -> None:
+        self.enabled, self.samples, self._stop = device.startswith("cuda"), [], threading.Event()
+
+    def _run(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"]
+        with subprocess.Popen(query, stdout=subprocess.PIPE, text=True) as smi:
+            for line in smi.stdout:
+                if self._stop.is_set():
+                    smi.terminate()
+                    break
+                self.samples.append(float(line.split(",")[0]))
+
+    def __enter__(self) -> GpuUtilisation:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    @property
+    def mean(self) -> str:
+        return f"{np.mean(self.samples):.0f} %" if self.samples else "-"
+
+
+class JpegDataset(torch.utils.data.Dataset):
+    def __init__(self, jpegs: list[bytes], transform) -> None:
+        self.jpegs, self.transform = jpegs, transform
+
+    def __len__(self) -> int:
+        return len(self.jpegs)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(Image.open(io.BytesIO(self.jpegs[index])))
+
+
+def open_clip_rate(checkpoint: Path, jpegs: list[bytes], args: argparse.Namespace) -> float:
+    spec = get_spec(MODEL)
+    model = open_clip.create_model(spec.arch, pretrained=str(checkpoint), force_quick_gelu=spec.quick_gelu)
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    model = model.eval().to(args.device, dtype)
+    transform = open_clip.image_transform(spec.image_size[0], is_train=False, mean=spec.mean, std=spec.std)
+    loader = torch.utils.data.DataLoader(
+        JpegDataset(jpegs, transform),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        pin_memory=args.device.startswith("cuda"),
+    )
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for pixels in loader:
+            model.encode_image(pixels.to(args.device, dtype, non_blocking=True)).float().cpu()
+        return len(jpegs) / (time.perf_counter() - start)
+
+
+def clipserve_rate(encoder: Encoder, jpegs: list[bytes]) -> float:
+    encoder.encode_image(jpegs[:8])
+    start = time.perf_counter()
+    encoder.encode_image(jpegs)
+    return len(jpegs) / (time.perf_counter() - start)
+
+
+def split_one_batch(encoder: Encoder, jpegs: list[bytes], device: str) -> str:
+    """Milliseconds of the tensor path's steps for one batch, synchronised on the device."""
+    spec = encoder.spec
+    tensors = TensorImagePreprocessor(
+        spec.image_size, spec.resize_mode, spec.interpolation, spec.mean, spec.std, device
+    )
+    backend = encoder.pipeline.model.backend
+
+    def sync() -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in jpegs]
+    start = sync()
+    decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    after_decode = sync()
+    cropped = tensors.batch([tensors.resize_and_crop(image) for image in decoded])
+    after_resize = sync()
+    backend.encode_image_tensor(cropped)
+    after_model = sync()
+    return (
+        f"decode {1000 * (after_decode - start):.0f} ms, resize + crop + normalise "
+        f"{1000 * (after_resize - after_decode):.0f} ms, model {1000 * (after_model - after_resize):.0f} ms "
+        f"for {len(jpegs)} images"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--images", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=16, help="open_clip's DataLoader workers")
+    parser.add_argument("--large", action="store_true", help="12 MP photos instead of the shared ones")
+    args = parser.parse_args()
+
+    jpegs = large_jpeg_photos(args.images) if args.large else jpeg_photos(args.images)
+    precision = "fp16" if args.device.startswith("cuda") else "fp32"
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_description()
+    what = f"{MODEL} {precision}, {len(jpegs)} JPEGs, batch {args.batch_size}"
+    print(f"{time.strftime('%Y-%m-%d')}, {where}; {what}\n")
+    workdir = Path(tempfile.mkdtemp(prefix="clipserve-gpu-"))
+    checkpoint = workdir / "ViT-B-32.pt"
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("ViT-B-32", force_quick_gelu=True).state_dict(), checkpoint)
+
+    rows = []
+    with GpuUtilisation(args.device) as gpu:
+        reference = open_clip_rate(checkpoint, jpegs, args)
+    rows.append(("open_clip, DataLoader of PIL workers", reference, gpu.mean))
+    for name, tensor in (
+        ("clipserve torch, exact path", False),
+        ("clipserve torch, tensor_preprocess", True),
+    ):
+        with Encoder(
+            MODEL,
+            backend="torch",
+            device=args.device,
+            precision=precision,
+            weights=checkpoint,
+            batch_size=args.batch_size,
+            tensor_preprocess=tensor,
+        ) as encoder:
+            with GpuUtilisation(args.device) as gpu:
+                rate = clipserve_rate(encoder, jpegs)
+            rows.append((name, rate, gpu.mean))
+            if tensor:
+                split = split_one_batch(encoder, jpegs[: args.batch_size], args.device)
+    print("| pipeline | images/s | × open_clip | GPU utilisation |\n| --- | ---: | ---: | ---: |")
+    for name, rate, utilisation in rows:
+        print(f"| {name} | {rate:.1f} | {rate / reference:.2f} | {utilisation} |")
+    print(f"\nTensor path, one batch: {split}")
+
+
+if __name__ == "__main__":
+    main()
