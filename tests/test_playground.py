@@ -262,5 +262,7 @@ def test_a_server_of_two_models_offers_a_choice(browser, vit_onnx_export, encode
             [page.eval_on_selector("#embed-json", "e => JSON.parse(e.value)")], dtype=np.float32
         )
         assert cosines(shown, rn50.encode(["a photo of a cat"])).min() >= 0.9999
+        expect(page.locator("#model-info")).not_to_contain_text("loads on first use")  # loaded now
+        shot(page, "7-models")
         assert_stayed_local(page)
         page.context.close()

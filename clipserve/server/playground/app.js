@@ -25,6 +25,9 @@ async function api(path, body) {
     showKeyForm(state.key ? "That key was refused: enter the server's API key." : null);
   }
   if (!response.ok) throw new ApiError(response.status, answer);
+  if (body !== undefined && state.info && state.info.state && state.info.state !== "ready") {
+    loadInfo();  // the model was loaded for this request: show it as it now runs
+  }
   return answer;
 }
 
