@@ -251,4 +251,7 @@ class ModelPool:
                 idle = model.state is ModelState.READY and model.users == 0 and not model.lock.locked()
                 if idle and now - model.last_used >= ttl:
                     log.info("%s idle for %.0f s", model.name, now - model.last_used)
-                    await self._dispose(self._detach(model, "idle"))
+                    try:
+                        await self._dispose(self._detach(model, "idle"))
+                    except Exception:  # the reaper must outlive one bad unload
+                        log.exception("unloading %s failed", model.name)
