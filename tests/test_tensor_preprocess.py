@@ -14,7 +14,7 @@ from PIL import Image
 from clipserve.errors import DeviceUnavailable, InvalidInput, UnsupportedModel
 from clipserve.inputs import Item
 from clipserve.preprocess.image import ImageLimits, ImagePreprocessor, decode_image
-from clipserve.preprocess.tensor_image import TensorImagePreprocessor, tensor_path_source
+from clipserve.preprocess.tensor_image import TensorImagePreprocessor, takes
 from clipserve.zoo import get_spec
 from tests.conftest import cosines
 
@@ -75,8 +75,8 @@ def test_what_the_tensor_path_does_not_take_goes_the_exact_way(tensor_encoder, p
     baseline = encoded(rgb, quality=90)
     path = tmp_path / "photo.jpg"
     path.write_bytes(baseline)
-    assert tensor_path_source(Item(0, "image", "bytes", baseline), limits) == baseline
-    assert tensor_path_source(Item(0, "image", "path", path), limits) == baseline
+    assert takes(baseline, limits, 0)
+    assert isinstance(tensor_encoder.pipeline.prepare(Item(0, "image", "path", path)), torch.Tensor)
     exact_ones = {
         "png": encoded(rgb, "PNG"),
         "grayscale": encoded(rgb.convert("L"), quality=90),
@@ -85,8 +85,8 @@ def test_what_the_tensor_path_does_not_take_goes_the_exact_way(tensor_encoder, p
         "not an image": b"plain bytes",
     }
     for data in exact_ones.values():
-        assert tensor_path_source(Item(0, "image", "bytes", data), limits) is None
-    assert tensor_path_source(Item(0, "image", "pil", rgb), limits) is None
+        assert not takes(data, limits, 0)
+    assert isinstance(tensor_encoder.pipeline.prepare(Item(0, "image", "pil", rgb)), np.ndarray)
 
     exact_route = [exact_ones[k] for k in ("png", "grayscale", "cmyk", "progressive")]
     inputs = [baseline, *exact_route, rgb, np.asarray(rgb)]
@@ -120,7 +120,7 @@ def test_limits_and_corrupt_jpegs_are_errors_naming_the_item(tensor_encoder, pho
     assert caught.value.index == 1
     truncated = encoded(Image.open(photo_paths[0]).convert("RGB"), quality=90)
     truncated = truncated[: len(truncated) // 2]
-    assert tensor_path_source(Item(0, "image", "bytes", truncated), ImageLimits()) is not None  # header fine
+    assert takes(truncated, ImageLimits(), 2)  # its header is fine
     with pytest.raises(InvalidInput, match="corrupt or truncated image") as caught:
         tensor_encoder.encode(["a caption", "another", truncated])
     assert caught.value.index == 2

@@ -8,6 +8,7 @@ cut short exactly (``text_trim``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def tensor_image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettin
         raise UnsupportedModel("tensor_preprocess runs on the torch backend (its tensors feed the model)")
     if settings.fast_decode:
         raise UnsupportedModel("fast_decode applies to the exact path; tensor_preprocess decodes otherwise")
-    from clipserve.preprocess.tensor_image import TensorImagePreprocessor, tensor_path_source
+    from clipserve.preprocess.tensor_image import TensorImagePreprocessor, takes
 
     exact = ImagePreprocessor(spec)
     tensors = TensorImagePreprocessor(
@@ -166,9 +167,11 @@ def tensor_image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettin
     def prepare(item: Item):
         if item.kind == "pixels":
             return check_pixels(item, expected_shape, spec.name)
-        data = tensor_path_source(item, limits)
-        if data is not None:
-            return tensors.decode(data, item.index)
+        if item.kind == "path":  # read once, for whichever path takes it
+            with contextlib.suppress(OSError):  # unreadable: the exact path words the error
+                item = Item(item.index, item.modality, "bytes", item.value.read_bytes())
+        if item.kind == "bytes" and takes(item.value, limits, item.index):
+            return tensors.decode(item.value, item.index)
         return exact_rgb(item, exact, limits, None)
 
     def run(batch: Sequence) -> np.ndarray:

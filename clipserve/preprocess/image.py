@@ -30,8 +30,9 @@ RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BI
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
 )
-DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
-"""Formats whose decoder can scale down while decoding (libjpeg's DCT scaling by 1/2, 1/4, 1/8)."""
+JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+"""Pillow's names of JPEG files: their decoder can scale down while decoding (libjpeg's DCT scaling
+by 1/2, 1/4, 1/8), and torchvision decodes them as tensors."""
 DRAFT_MARGIN = 2
 """The fast decode path keeps at least this many times the model's input on the short side."""
 EXACT_RESIZE_MAX_RATIO = 16
@@ -107,7 +108,7 @@ def decode_image(
     try:
         image = Image.open(stream, formats=allowed_formats())
         limits.check(image.size, index)
-        if draft_edge is not None and image.format in DRAFT_FORMATS:
+        if draft_edge is not None and image.format in JPEG_FORMATS:
             _draft(image, draft_edge)
         image.load()
     except InvalidInput:

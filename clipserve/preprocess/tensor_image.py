@@ -24,33 +24,22 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tf
 
 from clipserve.errors import DeviceUnavailable, InvalidInput, echo
-from clipserve.inputs import Item
-from clipserve.preprocess.image import ImageLimits, allowed_formats, shortest_edge_size
+from clipserve.preprocess.image import JPEG_FORMATS, ImageLimits, allowed_formats, shortest_edge_size
 
 INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
-JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 
 
-def tensor_path_source(item: Item, limits: ImageLimits) -> bytes | None:
-    """The JPEG bytes of an item the tensor path takes (a baseline colour JPEG within the limits,
-    checked from its header), or None for the exact path. Over the limits: :class:`InvalidInput`."""
-    if item.kind == "path":
-        try:
-            data = item.value.read_bytes()
-        except OSError:
-            return None  # the exact path words the error
-    elif item.kind == "bytes":
-        data = item.value
-    else:
-        return None
+def takes(data: bytes, limits: ImageLimits, index: int | None) -> bool:
+    """True for a baseline colour JPEG, checked from its header (the tensor path takes it), False
+    for what the exact path takes; a JPEG over the limits is :class:`InvalidInput`."""
     try:
         header = Image.open(io.BytesIO(data), formats=allowed_formats())
     except Exception:
-        return None  # not an image in an accepted format: the exact path words the error
+        return False  # not an image in an accepted format: the exact path words the error
     if header.format not in JPEG_FORMATS or header.mode != "RGB" or header.info.get("progressive"):
-        return None
-    limits.check(header.size, item.index)
-    return data
+        return False
+    limits.check(header.size, index)
+    return True
 
 
 class TensorImagePreprocessor:
