@@ -30,7 +30,6 @@ import argparse
 import gc
 import io
 import json
-import os
 import platform
 import random
 import tempfile
@@ -52,7 +51,7 @@ from serving import cpu_description
 from clipserve.encoder import Encoder
 from clipserve.preprocess.image import DRAFT_MARGIN, ImagePreprocessor, decode_image
 from clipserve.preprocess.text import END_TOKEN, START_TOKEN, clip_vocab
-from clipserve.resources import BF16_FLAGS, cpu_flags
+from clipserve.resources import BF16_FLAGS, cpu_flags, resident_bytes
 from clipserve.zoo import ModelSpec, get_spec
 
 HAS_BF16 = bool(cpu_flags() & set(BF16_FLAGS))
@@ -70,8 +69,7 @@ class PeakRss:
 
     @staticmethod
     def now() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        return resident_bytes() / 2**20
 
     def _run(self) -> None:
         while not self._stop.is_set():

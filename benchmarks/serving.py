@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -20,21 +19,18 @@ from pathlib import Path
 
 import httpx
 
+from clipserve.resources import cpu_flags, cpu_info, cpu_model
+
 MODEL = "ViT-B-32::openai"
 
 
 def cpu_description() -> str:
     """CPU model, family/model numbers and the instruction sets that matter for inference."""
-    info: dict[str, str] = {}
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    flags = set(info.get("flags", "").split())
+    info, flags = cpu_info(), cpu_flags()
     wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni"]
     extensions = " ".join(f for f in wanted if f in flags)
     return (
-        f"{info.get('model name', platform.processor())} (family {info.get('cpu family')}, model "
+        f"{cpu_model()} (family {info.get('cpu family')}, model "
         f"{info.get('model')}; {extensions}), {len(os.sched_getaffinity(0))} CPUs"
     )
 

@@ -21,13 +21,9 @@ def limit_malloc_arenas(count: int = 2) -> None:
     arena of their own: capping them saved ~55 MB of peak RSS under load at no cost in speed.
     A ``MALLOC_ARENA_MAX`` set by the user wins; elsewhere than glibc this does nothing.
     """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(M_ARENA_MAX, count)
+    libc = _glibc()
+    if "MALLOC_ARENA_MAX" not in os.environ and libc is not None:
+        libc.mallopt(M_ARENA_MAX, count)
 
 
 def available_cpus() -> int:
@@ -61,33 +57,39 @@ def resident_bytes() -> int:
 def release_freed_memory() -> None:
     """Hand memory that was freed back to the system (glibc keeps it for reuse otherwise); a model
     unloaded is then really gone from the RSS. Elsewhere than glibc this does nothing."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def cpu_info() -> dict[str, str]:
+    """The first CPU's fields of ``/proc/cpuinfo`` (``model name``, ``cpu family``, ``flags``…);
+    empty elsewhere than Linux."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        lines = CPUINFO.read_text().splitlines()
     except OSError:
-        return
-    libc.malloc_trim(0)
+        return {}
+    info: dict[str, str] = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    return info
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
-    for line in _cpuinfo_lines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
+    """The CPU's model name, or the platform's processor string."""
     import platform
 
-    return platform.processor() or "unknown CPU"
+    return cpu_info().get("model name") or platform.processor() or "unknown CPU"
 
 
 def cpu_flags() -> set[str]:
-    """The instruction-set flags of the first CPU (``/proc/cpuinfo``; empty elsewhere than Linux)."""
-    for line in _cpuinfo_lines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+    """The instruction-set flags of the first CPU (empty elsewhere than Linux)."""
+    return set(cpu_info().get("flags", "").split())
 
 
-def _cpuinfo_lines() -> list[str]:
+def _glibc() -> ctypes.CDLL | None:
     try:
-        return CPUINFO.read_text().splitlines()
+        return ctypes.CDLL("libc.so.6")
     except OSError:
-        return []
+        return None

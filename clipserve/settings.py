@@ -167,13 +167,13 @@ class ServerSettings(EngineSettings):
     def __post_init__(self) -> None:
         if isinstance(self.model, str):  # ServerSettings(model="A,B") as the flag, variable or YAML say it
             self.model = convert(ServerSettings, "model", self.model)
+        if self.memory_policy not in ("refuse", "evict"):
+            raise ValueError(f"memory_policy must be refuse or evict, got {self.memory_policy!r}")
 
     def engines(self) -> list[EngineSettings]:
         """One engine per served model, the default first; ``NAME=PATH`` entries carry their weights."""
         if not self.model:
             raise ValueError("give at least one model")
-        if self.memory_policy not in ("refuse", "evict"):
-            raise ValueError(f"memory_policy must be refuse or evict, got {self.memory_policy!r}")
         shared = {f.name: getattr(self, f.name) for f in fields(EngineSettings) if f.name != "model"}
         if len(self.model) > 1:
             given = [name for name in PER_MODEL_FILES if shared[name] is not None]
