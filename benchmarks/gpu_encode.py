@@ -4,12 +4,14 @@ In one run, on the same JPEG bytes (the shared photos, or 12 MP ones with ``--la
 - open_clip's own pipeline: a DataLoader whose workers decode and resize with PIL, the model on the
   device (fp16 on CUDA, fp32 on the CPU);
 - clipserve torch with the exact path (PIL on the decode threads);
-- clipserve torch with ``tensor_preprocess`` (torchvision decode and resize on the device).
+- clipserve torch and onnx with ``tensor_preprocess`` (torchvision decode and resize on the device;
+  on CUDA one nvJPEG call per batch, and ONNX Runtime reads the pixels in place by IO binding).
 
 Prints images/s, the ratio to open_clip, and the GPU utilisation sampled during each run (CUDA,
-through ``nvidia-smi``), then where the time of one batch goes on the tensor path (decode, resize,
-model). On a CPU-only machine ``--device cpu`` runs the same pipelines (a smoke run; the numbers
-that matter are a GPU's).
+through ``nvidia-smi``); then the models alone on pixels already on the device (open_clip against
+clipserve's torch and onnx backends, ``--model-batch`` images a call); then where the time of one
+batch goes on the tensor path (decode, resize, model). On a CPU-only machine ``--device cpu`` runs
+the same pipelines in fp32 (a smoke run; the numbers that matter are a GPU's).
 
     python benchmarks/gpu_encode.py --device cuda [--images 4096] [--batch-size 256] [--workers 16]
 """
@@ -18,53 +20,21 @@ from __future__ import annotations
 
 import argparse
 import io
-import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import torch
 from photos import jpeg_photos, large_jpeg_photos
 from PIL import Image
-from serving import cpu_description
+from serving import GpuUtilisation, cpu_description
 
 from clipserve.encoder import Encoder
 from clipserve.preprocess.tensor_image import TensorImagePreprocessor
 from clipserve.zoo import get_spec
 
 MODEL = "ViT-B-32::openai"
-
-
-class GpuUtilisation:
-    """Mean GPU utilisation (%) over a run, sampled with ``nvidia-smi`` every 100 ms (CUDA only)."""
-
-    def __init__(self, device: str) -> None:
-        self.enabled, self.samples, self._stop = device.startswith("cuda"), [], threading.Event()
-
-    def _run(self) -> None:
-        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"]
-        with subprocess.Popen(query, stdout=subprocess.PIPE, text=True) as smi:
-            for line in smi.stdout:
-                if self._stop.is_set():
-                    smi.terminate()
-                    break
-                self.samples.append(float(line.split(",")[0]))
-
-    def __enter__(self) -> GpuUtilisation:
-        if self.enabled:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-
-    @property
-    def mean(self) -> str:
-        return f"{np.mean(self.samples):.0f} %" if self.samples else "-"
 
 
 class JpegDataset(torch.utils.data.Dataset):
@@ -104,6 +74,28 @@ def clipserve_rate(encoder: Encoder, jpegs: list[bytes]) -> float:
     return len(jpegs) / (time.perf_counter() - start)
 
 
+def model_rates(checkpoint: Path, encoders: dict[str, Encoder], args: argparse.Namespace) -> list:
+    """Images/s of the image tower alone on normalised pixels already on the device, ``--model-batch``
+    a call: open_clip's model (the reference) and each clipserve backend's ``encode_image_tensor``."""
+    spec = get_spec(MODEL)
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    model = open_clip.create_model(spec.arch, pretrained=str(checkpoint), force_quick_gelu=spec.quick_gelu)
+    model = model.eval().to(args.device, dtype)
+    pixels = torch.randn(args.model_batch, 3, *spec.image_size, device=args.device)
+    calls = {"open_clip model": lambda: model.encode_image(pixels.to(dtype)).float().cpu()}
+    for name, encoder in encoders.items():
+        calls[name] = lambda backend=encoder.pipeline.model.backend: backend.encode_image_tensor(pixels)
+    rates = []
+    with torch.inference_mode():
+        for name, call in calls.items():
+            call()  # warm-up (kernel selection, TensorRT engine build)
+            start = time.perf_counter()
+            for _ in range(args.model_repeats):
+                call()
+            rates.append((name, args.model_batch * args.model_repeats / (time.perf_counter() - start)))
+    return rates
+
+
 def split_one_batch(encoder: Encoder, jpegs: list[bytes], device: str) -> str:
     """Milliseconds of the tensor path's steps for one batch, synchronised on the device."""
     spec = encoder.spec
@@ -141,6 +133,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=16, help="open_clip's DataLoader workers")
     parser.add_argument("--large", action="store_true", help="12 MP photos instead of the shared ones")
+    parser.add_argument("--model-batch", type=int, default=1024, help="images a call, models alone")
+    parser.add_argument("--model-repeats", type=int, default=10, help="calls timed, models alone")
     args = parser.parse_args()
 
     jpegs = large_jpeg_photos(args.images) if args.large else jpeg_photos(args.images)
@@ -157,28 +151,42 @@ def main() -> None:
     with GpuUtilisation(args.device) as gpu:
         reference = open_clip_rate(checkpoint, jpegs, args)
     rows.append(("open_clip, DataLoader of PIL workers", reference, gpu.mean))
-    for name, tensor in (
-        ("clipserve torch, exact path", False),
-        ("clipserve torch, tensor_preprocess", True),
+    encoders: dict[str, Encoder] = {}
+    for name, backend, tensor in (
+        ("clipserve torch, exact path", "torch", False),
+        ("clipserve torch, tensor_preprocess", "torch", True),
+        ("clipserve onnx, tensor_preprocess", "onnx", True),
     ):
-        with Encoder(
+        encoder = Encoder(
             MODEL,
-            backend="torch",
+            backend=backend,
             device=args.device,
             precision=precision,
             weights=checkpoint,
+            cache_dir=workdir,
             batch_size=args.batch_size,
             tensor_preprocess=tensor,
-        ) as encoder:
-            with GpuUtilisation(args.device) as gpu:
-                rate = clipserve_rate(encoder, jpegs)
-            rows.append((name, rate, gpu.mean))
-            if tensor:
+        )
+        with GpuUtilisation(args.device) as gpu:
+            rate = clipserve_rate(encoder, jpegs)
+        rows.append((name, rate, gpu.mean))
+        if tensor:
+            encoders[f"clipserve {backend} model"] = encoder
+            if backend == "torch":
                 split = split_one_batch(encoder, jpegs[: args.batch_size], args.device)
+        else:
+            encoder.close()
     print("| pipeline | images/s | × open_clip | GPU utilisation |\n| --- | ---: | ---: | ---: |")
     for name, rate, utilisation in rows:
         print(f"| {name} | {rate:.1f} | {rate / reference:.2f} | {utilisation} |")
+    print(f"\nModels alone, {precision}, {args.model_batch} images a call:\n")
+    print("| model | images/s | × open_clip |\n| --- | ---: | ---: |")
+    models = model_rates(checkpoint, encoders, args)
+    for name, rate in models:
+        print(f"| {name} | {rate:.1f} | {rate / models[0][1]:.2f} |")
     print(f"\nTensor path, one batch: {split}")
+    for encoder in encoders.values():
+        encoder.close()
 
 
 if __name__ == "__main__":

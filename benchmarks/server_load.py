@@ -9,6 +9,11 @@ drives it with asyncio clients from this process, and compares the throughput wi
 table: throughput, p50/p95/p99 latency, mean batch size formed by the server, and the ratio.
 
     python benchmarks/server_load.py [--clients 1 16 64] [--requests 384]
+
+On a GPU (GPU utilisation sampled with ``nvidia-smi``):
+
+    python benchmarks/server_load.py --device cuda --precision fp16 --tensor-preprocess \
+        --batch-size 256 --clients 64 --requests 20000
 """
 
 from __future__ import annotations
@@ -25,7 +30,16 @@ import numpy as np
 import uvloop
 from photos import jpeg_photos
 from prometheus_client.parser import text_string_to_metric_families
-from serving import MODEL, cpu_description, cpu_seconds, drive, random_export, rss_mib, server_process
+from serving import (
+    MODEL,
+    GpuUtilisation,
+    cpu_description,
+    cpu_seconds,
+    drive,
+    random_export,
+    rss_mib,
+    server_process,
+)
 
 from clipserve.encoder import Encoder
 
@@ -48,15 +62,26 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=384, help="image requests per concurrency level")
     parser.add_argument("--text-requests", type=int, default=1536, help="text requests per concurrency level")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or tensorrt[:N]")
+    parser.add_argument("--tensor-preprocess", action="store_true", help="decode JPEGs on the device")
+    parser.add_argument("--batch-size", type=int, default=None, help="the server's (default: its own)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="clipserve-load-"))
-    onnx_dir = random_export(workdir, args.precision)
+    onnx_dir = random_export(workdir, args.precision, device=args.device)
+    engine = {"precision": args.precision, "device": args.device, "tensor_preprocess": args.tensor_preprocess}
+    if args.batch_size:
+        engine["batch_size"] = args.batch_size
+    flags = [
+        f"--{key.replace('_', '-')}" + ("" if value is True else f"={value}")
+        for key, value in engine.items()
+        if value is not False
+    ]
     images = jpeg_photos()
     texts = [f"a photo of a {w} number {i}" for i, w in enumerate(["cat", "dog", "rocket", "horse"] * 100)]
 
     offline = {}
-    with Encoder(MODEL, weights=onnx_dir, precision=args.precision) as encoder:
+    with Encoder(MODEL, weights=onnx_dir, **engine) as encoder:
         for name, items, count in (("image", images, args.requests), ("text", texts, args.text_requests)):
             work = [items[i % len(items)] for i in range(count)]
             encoder.encode(work[:32])
@@ -71,17 +96,17 @@ def main() -> None:
         ],
         "text": [("text", "/encode", json.dumps({"inputs": [{"text": t}]}).encode()) for t in texts],
     }
-    with server_process(onnx_dir, "--precision", args.precision, "--max-queue", "100000") as (url, server):
+    with server_process(onnx_dir, *flags, "--max-queue", "100000") as (url, server):
         port = int(url.rsplit(":", 1)[1])
         print(
-            f"{time.strftime('%Y-%m-%d')}, {cpu_description()}; {MODEL} onnx {args.precision}; "
+            f"{time.strftime('%Y-%m-%d')}, {cpu_description()}; {MODEL} onnx {' '.join(flags)}; "
             "server and clients share the machine\n"
         )
         print(
             "| items | clients | requests/s | offline items/s | ratio | latency ms p50/95/99 | p99/p50 "
-            "| mean batch | CPU server / clients | server RSS peak MiB |"
+            "| mean batch | CPU server / clients | server RSS peak MiB | GPU utilisation |"
         )
-        print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: |")
+        print("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: |")
         for name in ("image", "text"):
             count = args.requests if name == "image" else args.text_requests
             uvloop.run(drive(port, requests[name][:16], 4))  # warm-up
@@ -89,7 +114,8 @@ def main() -> None:
                 work = [requests[name][i % len(requests[name])] for i in range(count)]
                 sum_before, count_before = batch_stats(url)
                 cpu_server, cpu_client = cpu_seconds(server.pid), cpu_seconds()
-                outcome = uvloop.run(drive(port, work, clients))
+                with GpuUtilisation(args.device) as gpu:
+                    outcome = uvloop.run(drive(port, work, clients))
                 if set(outcome.statuses) != {200}:
                     raise RuntimeError(f"the server answered {sorted(set(outcome.statuses))}")
                 cpu_server = (cpu_seconds(server.pid) - cpu_server) / outcome.seconds
@@ -101,7 +127,7 @@ def main() -> None:
                 print(
                     f"| {name} | {clients} | {rate:.1f} | {offline[name]:.1f} | {rate / offline[name]:.2f} | "
                     f"{p50:.0f} / {p95:.0f} / {p99:.0f} | {p99 / p50:.2f} | {mean_batch:.1f} | "
-                    f"{cpu_server:.0%} / {cpu_client:.0%} | {rss_mib(server.pid)[1]:.0f} |"
+                    f"{cpu_server:.0%} / {cpu_client:.0%} | {rss_mib(server.pid)[1]:.0f} | {gpu.mean} |"
                 )
 
 

@@ -12,12 +12,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from clipserve.resources import cpu_flags, cpu_info, cpu_model
 
@@ -35,9 +37,9 @@ def cpu_description() -> str:
     )
 
 
-def random_export(workdir: Path, precision: str = "fp32", model: str = MODEL) -> str:
-    """A random-weight checkpoint of ``model`` (default ViT-B-32) exported to ONNX in ``workdir``;
-    returns the export dir."""
+def random_export(workdir: Path, precision: str = "fp32", model: str = MODEL, device: str = "cpu") -> str:
+    """A random-weight checkpoint of ``model`` (default ViT-B-32) exported to ONNX in ``workdir``
+    (and loaded once on ``device``, where its precision runs); returns the export dir."""
     import open_clip
     import torch
 
@@ -51,8 +53,37 @@ def random_export(workdir: Path, precision: str = "fp32", model: str = MODEL) ->
         torch.save(
             open_clip.create_model(spec.arch, force_quick_gelu=spec.quick_gelu).state_dict(), checkpoint
         )
-    with Encoder(model, weights=checkpoint, cache_dir=workdir, precision=precision) as encoder:
+    with Encoder(model, weights=checkpoint, cache_dir=workdir, precision=precision, device=device) as encoder:
         return str(encoder.info()["weights"])
+
+
+class GpuUtilisation:
+    """Mean GPU utilisation (%) over a run, sampled with ``nvidia-smi`` every 100 ms (CUDA only)."""
+
+    def __init__(self, device: str) -> None:
+        self.enabled, self.samples, self._stop = device.startswith("cuda"), [], threading.Event()
+
+    def _run(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"]
+        with subprocess.Popen(query, stdout=subprocess.PIPE, text=True) as smi:
+            for line in smi.stdout:
+                if self._stop.is_set():
+                    smi.terminate()
+                    break
+                self.samples.append(float(line.split(",")[0]))
+
+    def __enter__(self) -> GpuUtilisation:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    @property
+    def mean(self) -> str:
+        return f"{np.mean(self.samples):.0f} %" if self.samples else "-"
 
 
 def free_port() -> int:

@@ -75,7 +75,8 @@ class DynamicBatcher:
 
     One asyncio task forms batches: it takes the oldest waiting item, then waits up to
     ``max_wait_ms`` for more, up to ``max_batch_size``, and runs ``run`` on them in ``executor``
-    (one inference thread). ``run`` gets the items in submission order and returns one row a item.
+    (one inference thread). ``run`` gets the items in submission order and returns one row a item;
+    a row that is an exception fails only the caller of that item.
     At most ``max_queue`` items wait; beyond that :meth:`submit` raises
     :class:`~clipserve.errors.Overloaded` at once instead of letting the queue grow without limit.
     """
@@ -101,7 +102,8 @@ class DynamicBatcher:
         return self._queue.qsize()
 
     async def submit(self, items: Sequence[T]) -> list[Any]:
-        """Queue ``items`` (all or none) and return their rows, in order, once their batches ran."""
+        """Queue ``items`` (all or none) and return their rows, in order, once their batches ran;
+        raises the error of the first failed item, once all of them are done."""
         if self.depth + len(items) > self.max_queue:
             raise Overloaded(
                 f"server busy: {self.depth} items are waiting (limit {self.max_queue}); retry later"
@@ -112,7 +114,10 @@ class DynamicBatcher:
         futures = [loop.create_future() for _ in items]
         for item, future in zip(items, futures, strict=True):
             self._queue.put_nowait((item, future))
-        return list(await asyncio.gather(*futures))
+        rows = await asyncio.gather(*futures, return_exceptions=True)
+        if failed := next((row for row in rows if isinstance(row, BaseException)), None):
+            raise failed
+        return rows
 
     async def close(self) -> None:
         """Stop forming batches (waiting callers get ``CancelledError``)."""
@@ -144,5 +149,9 @@ class DynamicBatcher:
                         future.set_exception(exc)
                 continue
             for (_, future), row in zip(batch, rows, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(row, BaseException):
+                    future.set_exception(row)
+                else:
                     future.set_result(row)

@@ -164,12 +164,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export (or find in the cache) the ONNX graphs of a model; with ``--output``, copy them there."""
     import shutil
 
+    from clipserve.backends.factory import onnx_model_dir
     from clipserve.encoder import Encoder
+    from clipserve.weights import cache_dir
 
     settings = config.resolve(EngineSettings, **given_settings(args, EngineSettings))
-    with Encoder(settings=config.replace(settings, backend="onnx")) as encoder:
-        info = encoder.info()
+    precision = settings.precision
+    loads_here = "cpu" in PRECISION_DEVICES["onnx"].get(precision, ("cpu",))
+    here = settings if loads_here else config.replace(settings, precision="fp32")
+    with Encoder(settings=config.replace(here, backend="onnx")) as encoder:
+        info, spec = encoder.info(), encoder.spec
     exports = {key: Path(str(info[key])) for key in ("weights", "text_weights") if key in info}
+    if not loads_here:  # a GPU precision (fp16): derived from the fp32 export, not loaded here
+        cache = cache_dir(settings.cache_dir)
+        exports = {key: onnx_model_dir(spec, path, cache, precision) for key, path in exports.items()}
     for key, path in exports.items():
         if args.output is not None:  # two exports (M-CLIP: image, text) go into subdirectories
             target = (

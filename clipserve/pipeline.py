@@ -98,9 +98,23 @@ class Pipeline:
         cap = self.model.towers[modality].max_batch
         return min(self.settings.batch_size, cap) if cap else self.settings.batch_size
 
-    def run_batch(self, modality: str, payloads: Sequence[Any]) -> np.ndarray:
-        """One model call on prepared payloads of one modality → L2-normalised float32 rows."""
-        return normalise(self.model.towers[modality].run(payloads))
+    def run_batch(self, modality: str, payloads: Sequence[Any]) -> tuple[np.ndarray, dict[int, InvalidInput]]:
+        """One model call on prepared payloads of one modality → L2-normalised float32 rows, and
+        the errors, by position, of the items that failed in the tower's ``finish`` (their rows
+        are zeros, not vectors)."""
+        tower = self.model.towers[modality]
+        errors: dict[int, InvalidInput] = {}
+        if tower.finish is not None:
+            finished = tower.finish(payloads)
+            errors = {p: f for p, f in enumerate(finished) if isinstance(f, InvalidInput)}
+            payloads = finished
+        if not errors:
+            return normalise(tower.run(payloads)), errors
+        rows = np.zeros((len(payloads), self.dim), dtype=np.float32)
+        kept = [p for p in range(len(payloads)) if p not in errors]
+        if kept:
+            rows[kept] = normalise(tower.run([payloads[p] for p in kept]))
+        return rows, errors
 
     # -- the synchronous run ------------------------------------------------------------------------
 
@@ -132,7 +146,7 @@ class Pipeline:
                 self._encode_heavy(modality, entries, vectors, errors, stop_on_error)
         if not (errors and stop_on_error):
             for modality, prepared in prepared_light.items():
-                self._run_grouped(modality, prepared, vectors)
+                self._run_grouped(modality, prepared, vectors, errors)
             for row, payload in prepared_light.get("text", []):
                 self.remember_text(items[row], vectors[row], len(payload))
         return vectors, sorted(errors, key=lambda e: e.index if e.index is not None else -1)
@@ -160,7 +174,9 @@ class Pipeline:
                 errors.append(exc)
         return prepared
 
-    def _run_grouped(self, modality: str, prepared: list[tuple[int, Any]], out: np.ndarray) -> None:
+    def _run_grouped(
+        self, modality: str, prepared: list[tuple[int, Any]], out: np.ndarray, errors: list[InvalidInput]
+    ) -> None:
         tower = self.model.towers[modality]
         size = self.batch_size(modality)
         if tower.cost is not None:  # similar costs together: little padding, same vectors
@@ -168,8 +184,7 @@ class Pipeline:
         else:
             batches = chunks(range(len(prepared)), size)
         for batch in batches:
-            rows = [prepared[p][0] for p in batch]
-            out[rows] = self.run_batch(modality, [prepared[p][1] for p in batch])
+            self._run_into(modality, [prepared[p] for p in batch], out, errors)
 
     def _encode_heavy(
         self,
@@ -202,7 +217,16 @@ class Pipeline:
                     return
                 continue
             if ok:
-                out[[row for row, _ in ok]] = self.run_batch(modality, [payload for _, payload in ok])
+                self._run_into(modality, ok, out, errors)
+
+    def _run_into(
+        self, modality: str, batch: list[tuple[int, Any]], out: np.ndarray, errors: list[InvalidInput]
+    ) -> None:
+        """Run one batch of ``(row, payload)`` and write its vectors into ``out``."""
+        rows, failed = self.run_batch(modality, [payload for _, payload in batch])
+        errors.extend(failed.values())
+        kept = [p for p in range(len(batch)) if p not in failed]
+        out[[batch[p][0] for p in kept]] = rows[kept]
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ class EngineSettings:
     device: str = setting("cpu", "cpu, cuda[:N] or tensorrt[:N] (onnx); a missing one is an error")
     precision: str = setting(
         "fp32",
-        "fp32 (exact); int8 (onnx, cpu); bf16 (torch, cpu with AVX512_BF16 or AMX); fp16 (torch, cuda)",
+        "fp32 (exact); int8 (onnx, cpu); bf16 (torch, cpu with AVX512_BF16 or AMX); fp16 (cuda)",
     )
     weights: str | None = setting(
         None,
@@ -79,8 +79,9 @@ class EngineSettings:
     )
     tensor_preprocess: bool = setting(
         False,
-        "torch backend: decode baseline colour JPEGs with torchvision (nvJPEG on CUDA) and resize, crop "
-        "and normalise them as tensors on the model's device; close to open_clip, not pixel-exact",
+        "decode baseline colour JPEGs with torchvision (nvJPEG on CUDA, a batch per call) and resize, "
+        "crop and normalise them as tensors on the model's device (torch; onnx by IO binding); close to "
+        "open_clip, not pixel-exact",
     )
     text_cache: int = setting(
         0, "keep the vectors of this many recent texts (LRU, exact text); repeats skip the model"

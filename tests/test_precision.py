@@ -1,4 +1,5 @@
-"""Named precisions: int8 (ONNX Runtime, CPU) within cosine 0.99 of fp32, cached; wrong ones refused."""
+"""Named precisions: int8 (ONNX Runtime, CPU) within cosine 0.99 of fp32, cached; fp16 ONNX graphs
+(for GPUs) validated on the CPU; wrong ones refused."""
 
 import json
 from pathlib import Path
@@ -131,3 +132,43 @@ def test_int8_from_an_older_format_export_dir_is_derived_once(tmp_path, encoder_
     monkeypatch.setattr("clipserve.backends.precision.derive_int8", no_quantising)
     second = Encoder("ViT-B-32::openai", weights=old, cache_dir=tmp_path / "cache", precision="int8")
     assert second.info()["weights"] == first.info()["weights"]
+
+
+def test_fp16_export_keeps_float32_io_and_stays_close_to_fp32(tmp_path, random_model, int8_cache) -> None:
+    """The fp16 graphs (for CUDA and TensorRT) are made on a machine without a GPU, and checked
+    here on ONNX Runtime's CPU provider, which computes what lacks float16 kernels in float32: the
+    fp16 weights and the graph are validated; float16 arithmetic itself only on a GPU."""
+    import numpy as np
+    import onnx
+
+    from clipserve.backends.onnx import open_session
+    from clipserve.cli import main
+    from clipserve.encoder import Encoder
+    from clipserve.preprocess.text import ClipTokenizer
+
+    name = "ViT-B-32::openai"
+    checkpoint = random_model(name).checkpoint
+    out = tmp_path / "fp16"
+    args = ["export", "--model", name, "--weights", str(checkpoint), "--cache-dir", str(int8_cache)]
+    assert main([*args, "--precision", "fp16", "--output", str(out)]) == 0
+    meta = json.loads((out / "clipserve.json").read_text())
+    assert (meta["precision"], meta["quantised"]) == ("fp16", ["image.onnx", "text.onnx"])
+    fp32 = Encoder(name, weights=checkpoint, cache_dir=int8_cache)
+    tokenizer = ClipTokenizer(77)
+    texts = ["a photo of a cat", "ein Hund", "x"]
+    tokens = tokenizer.pad(tokenizer.token_ids(texts), None)
+    pixels = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float32)
+    for tower, feed, reference in [
+        ("image", {"pixels": pixels}, fp32.pipeline.model.backend.encode_image(pixels)),
+        ("text", {"tokens": tokens[:, :8]}, fp32.pipeline.model.backend.encode_text(tokens[:, :8])),
+    ]:
+        graph = onnx.load(out / f"{tower}.onnx")
+        weights = [w for w in graph.graph.initializer if len(w.dims) == 2]
+        assert weights and all(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
+        session = open_session(out / f"{tower}.onnx", ["CPUExecutionProvider"], False, "fp16")
+        assert session.get_inputs()[0].type != "tensor(float16)"  # fed as to fp32
+        vectors = session.run(None, feed)[0]
+        assert vectors.dtype == np.float32
+        assert cosines(vectors, reference).min() >= 0.999
+    with pytest.raises(UnsupportedModel, match=r"'fp16' is not available for the onnx backend on 'cpu'"):
+        Encoder(name, weights=out, precision="fp16")

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from clipserve.errors import DeviceUnavailable, InvalidInput, UnsupportedModel
+from clipserve.errors import DeviceUnavailable, InvalidInput
 from clipserve.inputs import Item
 from clipserve.preprocess.image import ImageLimits, ImagePreprocessor, decode_image
-from clipserve.preprocess.tensor_image import TensorImagePreprocessor, takes
+from clipserve.preprocess.tensor_image import EncodedJpeg, TensorImagePreprocessor, takes
 from clipserve.zoo import get_spec
 from tests.conftest import cosines
 
@@ -126,12 +126,125 @@ def test_limits_and_corrupt_jpegs_are_errors_naming_the_item(tensor_encoder, pho
     assert caught.value.index == 2
 
 
-def test_the_tensor_path_needs_the_torch_backend_and_a_jpeg_decoder(random_model, monkeypatch) -> None:
+def test_the_onnx_backend_takes_the_tensors_as_they_are(
+    tensor_encoder, random_model, jpegs, cache_root
+) -> None:
+    """IO binding: ONNX Runtime reads the torch tensor's memory; the vectors are the torch
+    backend's on the same pixels, and close to open_clip's exact ones."""
+    from clipserve.encoder import Encoder
+
+    model = random_model(NAME)
+    with Encoder(
+        NAME, backend="onnx", weights=model.checkpoint, cache_dir=cache_root, tensor_preprocess=True
+    ) as onnx:
+        assert isinstance(onnx.pipeline.prepare(Item(0, "image", "bytes", jpegs[0])), torch.Tensor)
+        vectors = onnx.encode_image(jpegs)
+        backend = onnx.pipeline.model.backend
+        pixels = torch.randn(4, 3, 224, 224)
+        strided = torch.randn(4, 224, 224, 3).permute(0, 3, 1, 2)  # not contiguous: bound after a copy
+        assert np.allclose(
+            backend.encode_image_tensor(pixels), backend.encode_image(pixels.numpy()), atol=1e-5
+        )
+        assert np.allclose(
+            backend.encode_image_tensor(strided), backend.encode_image(strided.numpy()), atol=1e-5
+        )
+    assert cosines(vectors, tensor_encoder.encode_image(jpegs)).min() >= 0.99999
+    reference = model.image_vectors([Image.open(io.BytesIO(data)) for data in jpegs])
+    assert cosines(vectors, reference).min() >= 0.9999
+
+
+@pytest.fixture
+def batch_decoding(monkeypatch) -> list[int]:
+    """JPEGs decoded a batch at a time (the GPU rule) on the CPU; yields the sizes of the lists
+    given to the decoder in one call."""
+    from clipserve.preprocess import tensor_image
+
+    calls: list[int] = []
+    decode = tensor_image.decode_jpeg
+
+    def recording(data, *args, **kwargs):
+        if isinstance(data, list):
+            calls.append(len(data))
+        return decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(tensor_image, "batch_decodes", lambda device: True)
+    monkeypatch.setattr(tensor_image, "decode_jpeg", recording)
+    return calls
+
+
+def truncated_jpeg(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def test_a_batch_of_jpegs_is_decoded_in_one_call(batch_decoding, tensor_encoder, random_model, jpegs) -> None:
     from clipserve.encoder import Encoder
 
     checkpoint = random_model(NAME).checkpoint
-    with pytest.raises(UnsupportedModel, match="torch backend"):
-        Encoder(NAME, backend="onnx", weights=checkpoint, tensor_preprocess=True)
+    inputs = jpegs * 2  # 20 images
+    with Encoder(NAME, backend="torch", weights=checkpoint, tensor_preprocess=True, batch_size=8) as batched:
+        assert isinstance(batched.pipeline.prepare(Item(0, "image", "bytes", jpegs[0])), EncodedJpeg)
+        batch_decoding.clear()
+        vectors = batched.encode_image(inputs)
+        assert batch_decoding == [8, 8, 4]
+        assert np.allclose(vectors, tensor_encoder.encode_image(inputs), atol=1e-5)
+
+        # a corrupt JPEG fails alone: its batch-mates are embedded as without it
+        bad = truncated_jpeg(jpegs[3])
+        result = batched.encode_lenient([jpegs[0], bad, jpegs[1], "a caption"])
+        assert result.indices == [0, 2, 3]
+        assert [(e.index, "corrupt or truncated" in str(e)) for e in result.errors] == [(1, True)]
+        assert np.allclose(result.vectors[:2], vectors[:2], atol=1e-5)
+        with pytest.raises(InvalidInput, match="corrupt or truncated image") as caught:
+            batched.encode(["a caption", jpegs[0], bad, truncated_jpeg(jpegs[4])])
+        assert caught.value.index == 2
+
+
+def test_the_server_fails_only_the_request_with_the_corrupt_jpeg(
+    batch_decoding, tensor_encoder, random_model, jpegs
+) -> None:
+    """Two requests share one batched decode: the one holding a corrupt JPEG answers 422 naming
+    it, the other gets its vectors."""
+    import base64
+    import threading
+
+    import httpx
+
+    from tests.server_helpers import running_server
+
+    def body(*images: bytes) -> dict:
+        return {"inputs": [{"image": base64.b64encode(image).decode()} for image in images]}
+
+    requests = {"good": body(jpegs[0], jpegs[1]), "bad": body(jpegs[2], truncated_jpeg(jpegs[3]))}
+    answers: dict[str, httpx.Response] = {}
+    start = threading.Barrier(len(requests))
+
+    def send(name: str) -> None:
+        start.wait()
+        answers[name] = httpx.post(f"{url}/encode", json=requests[name], timeout=60)
+
+    checkpoint = random_model(NAME).checkpoint
+    settings = dict(weights=checkpoint, backend="torch", tensor_preprocess=True, max_wait_ms=1000)
+    with running_server(**settings) as (url, _):
+        threads = [threading.Thread(target=send, args=(name,)) for name in requests]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert batch_decoding == [4]  # one decode call for both requests' images
+        assert answers["good"].status_code == 200
+        good = np.array(answers["good"].json()["embeddings"])
+        assert np.allclose(good, tensor_encoder.encode_image(jpegs[:2]), atol=1e-5)
+        bad = answers["bad"]
+        assert (bad.status_code, bad.json()["error"], bad.json()["index"]) == (422, "InvalidInput", 1)
+        assert "corrupt or truncated image" in bad.json()["detail"]
+        again = httpx.post(f"{url}/encode", json=body(jpegs[2]), timeout=60)
+        assert again.status_code == 200
+
+
+def test_the_tensor_path_needs_a_jpeg_decoder(random_model, monkeypatch) -> None:
+    from clipserve.encoder import Encoder
+
+    checkpoint = random_model(NAME).checkpoint
 
     def no_decoder(*args, **kwargs):
         raise RuntimeError("nvjpeg is not available")

@@ -13,7 +13,7 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 """Named precisions: fp32 is exact; bf16, fp16 and int8 trade accuracy for speed and are never a default."""
 
 PRECISION_DEVICES: dict[str, dict[str, tuple[str, ...]]] = {
-    "onnx": {"fp32": ("cpu", "cuda", "tensorrt"), "int8": ("cpu",)},
+    "onnx": {"fp32": ("cpu", "cuda", "tensorrt"), "fp16": ("cuda", "tensorrt"), "int8": ("cpu",)},
     "torch": {"fp32": ("cpu", "cuda"), "bf16": ("cpu",), "fp16": ("cuda",)},
 }
 """backend → precision → the device kinds it runs on."""

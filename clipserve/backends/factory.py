@@ -76,8 +76,8 @@ def onnx_model_dir(
     """An ONNX export of ``spec`` in ``precision``: given, cached, or made once into the cache.
 
     fp32 is exported from the checkpoint (needs torch) by ``exporter(spec, checkpoint, target)``
-    (a family's own; default :func:`export_fp32`); int8 is derived from the fp32 export (ONNX
-    Runtime only) and cached beside it. Cache entries of local weights are keyed by content.
+    (a family's own; default :func:`export_fp32`); int8 and fp16 are derived from the fp32 export
+    (ONNX Runtime only) and cached beside it. Cache entries of local weights are keyed by content.
     """
     if explicit is not None and is_onnx_dir(explicit):
         given = read_export_meta(explicit)["precision"]
@@ -100,9 +100,9 @@ def onnx_model_dir(
                 exporter(spec, checkpoint, fp32_dir)
         target = onnx_cache(spec, cache, source, precision)
     if precision != "fp32" and not _derived_from_current(target, fp32_dir):
-        from clipserve.backends.precision import derive_int8
+        from clipserve.backends.precision import derive
 
-        derive_int8(fp32_dir, target)
+        derive(precision, fp32_dir, target)
     used = fp32_dir if precision == "fp32" else target
     touch(used)
     return used

@@ -83,11 +83,13 @@ class OnnxBackend:
         # ``spin=False`` (the server) leaves those cycles to request handling instead.
         # Only the ``towers`` asked for are loaded (M-CLIP runs the image tower of a CLIP export).
         self._image = (
-            open_session(model_dir / "image.onnx", providers, spin=False) if "image" in towers else None
+            open_session(model_dir / "image.onnx", providers, False, precision) if "image" in towers else None
         )
-        self._text = open_session(model_dir / "text.onnx", providers, spin=spin) if "text" in towers else None
+        self._text = (
+            open_session(model_dir / "text.onnx", providers, spin, precision) if "text" in towers else None
+        )
         self._audio = (
-            open_session(model_dir / "audio.onnx", providers, spin=False) if "audio" in towers else None
+            open_session(model_dir / "audio.onnx", providers, False, precision) if "audio" in towers else None
         )
         self.providers = (self._image or self._text).get_providers()
         self.logit_scales = meta.get("logit_scales", {"logit_scale": self.logit_scale})
@@ -95,6 +97,34 @@ class OnnxBackend:
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         return self._image.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    def encode_image_tensor(self, pixels) -> np.ndarray:
+        """Normalised float32 pixels, a torch tensor on :attr:`tensor_device` (the CPU or the
+        session's GPU) → float32 ``[n, dim]``. The tensor's memory is bound to the graph's input
+        as it is (IO binding): on a GPU the pixels are not copied through the host."""
+        pixels = pixels.float().contiguous()
+        if pixels.device.type == "cuda":  # torch queues kernels; ONNX Runtime runs on its own stream
+            import torch
+
+            torch.cuda.current_stream(pixels.device).synchronize()
+        binding = self._image.io_binding()
+        binding.bind_input(
+            "pixels",
+            pixels.device.type,
+            pixels.device.index or 0,
+            np.float32,
+            tuple(pixels.shape),
+            pixels.data_ptr(),
+        )
+        binding.bind_output("embeddings")
+        self._image.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    @property
+    def tensor_device(self) -> str:
+        """The torch device of this session's pixels: ``cpu``, or ``cuda:N`` (for CUDA and TensorRT)."""
+        kind, _, ordinal = self.device.partition(":")
+        return "cpu" if kind == "cpu" else f"cuda:{ordinal or 0}"
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
         return self._text.run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.int64)})[0]
@@ -125,7 +155,7 @@ class OnnxTextEncoder:
         if meta["precision"] != precision:
             raise WeightsUnavailable(f"{model_dir} holds a {meta['precision']} export, not {precision}")
         self.model_dir = model_dir
-        self._session = open_session(model_dir / "text.onnx", providers, spin)
+        self._session = open_session(model_dir / "text.onnx", providers, spin, precision)
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
@@ -135,13 +165,16 @@ class OnnxTextEncoder:
         return {"text_backend": "onnx", "text_weights": str(self.model_dir)}
 
 
-def open_session(path: Path, providers: list, spin: bool) -> ort.InferenceSession:
+def open_session(path: Path, providers: list, spin: bool, precision: str = "fp32") -> ort.InferenceSession:
     """An ONNX Runtime session on ``providers``, refusing a silent fallback to the CPU.
 
     ``spin`` lets idle intra-op threads busy-wait between kernels.
     """
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # The last level adds only the CPU provider's layout transforms, which crash (segmentation
+    # fault, onnxruntime 1.32) on float16 graphs; the fusions CUDA uses are in the level below.
+    level = "ORT_ENABLE_EXTENDED" if precision == "fp16" else "ORT_ENABLE_ALL"
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.intra_op_num_threads = available_cpus()  # ONNX Runtime alone ignores CPU quotas
     # Memory: batch sizes and text lengths vary, so a memory pattern planned per input shape is

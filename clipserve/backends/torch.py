@@ -151,6 +151,8 @@ class TorchBackend:
     ) -> None:
         """``model``: an open_clip model already loaded from ``checkpoint`` (AudioCLIP's CLIP part)."""
         self.device = resolve_device(device)
+        self.tensor_device = self.device
+        """where :meth:`encode_image_tensor` wants its pixels"""
         self.dtype = precision_dtype(precision, self.device)
         self.spec = spec
         self.precision = precision

@@ -18,8 +18,11 @@ class Tower:
 
     ``prepare`` turns one item (its source already resolved to bytes, a path, an array…) into a
     payload the model takes, or raises :class:`~clipserve.errors.InvalidInput` naming the item; it
-    runs on worker threads when ``heavy``. ``run`` embeds a batch of payloads into unnormalised
-    float32 rows. ``cost`` ranks payloads so that batches of similar cost waste little padding.
+    runs on worker threads when ``heavy``. ``finish``, when a tower has it, completes a whole batch
+    of payloads just before ``run`` (the GPU image path decodes its JPEGs there, in one call):
+    each payload becomes the one ``run`` takes, or the ``InvalidInput`` of its item, which fails
+    that item alone. ``run`` embeds a batch of payloads into unnormalised float32 rows. ``cost``
+    ranks payloads so that batches of similar cost waste little padding.
     Text payloads are token id lists (their length is what ``/v1/embeddings`` reports as usage).
     """
 
@@ -28,6 +31,7 @@ class Tower:
     run: Callable[[Sequence[Any]], np.ndarray]
     cost: Callable[[Any], int] | None = None
     heavy: bool = True
+    finish: Callable[[Sequence[Any]], list[Any]] | None = None
     max_batch: int | None = None
     """Most items per model call for this tower, below the ``batch_size`` setting (None: no cap)."""
     weight: int = 1

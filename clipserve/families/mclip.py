@@ -171,9 +171,9 @@ def text_export(spec: ModelSpec, source: Path, cache: Path, precision: str, toke
         return fp32_dir
     target = onnx_cache(spec, cache, fingerprint(fp32_dir, cache), precision)
     if not is_onnx_dir(target):
-        from clipserve.backends.precision import derive_int8
+        from clipserve.backends.precision import derive
 
-        derive_int8(fp32_dir, target)
+        derive(precision, fp32_dir, target)
     return target
 
 

@@ -150,15 +150,20 @@ def image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettings) -> 
 def tensor_image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettings) -> Tower:
     """Baseline colour JPEGs decoded and preprocessed as tensors on the model's device, the other
     images on the exact path; see :mod:`clipserve.preprocess.tensor_image`."""
-    if settings.backend != "torch":
-        raise UnsupportedModel("tensor_preprocess runs on the torch backend (its tensors feed the model)")
+    if not hasattr(backend, "encode_image_tensor"):
+        raise UnsupportedModel(f"tensor_preprocess does not run on the {settings.backend} backend")
     if settings.fast_decode:
         raise UnsupportedModel("fast_decode applies to the exact path; tensor_preprocess decodes otherwise")
-    from clipserve.preprocess.tensor_image import TensorImagePreprocessor, takes
+    try:
+        from clipserve.preprocess.tensor_image import TensorImagePreprocessor, takes
+    except ImportError as exc:
+        raise UnsupportedModel(
+            f"tensor_preprocess needs torch and torchvision ({exc}); install clipserve[torch]"
+        ) from exc
 
     exact = ImagePreprocessor(spec)
     tensors = TensorImagePreprocessor(
-        spec.image_size, spec.resize_mode, spec.interpolation, spec.mean, spec.std, backend.device
+        spec.image_size, spec.resize_mode, spec.interpolation, spec.mean, spec.std, backend.tensor_device
     )
     limits = ImageLimits(settings.max_pixels, settings.max_aspect_ratio)
     limits.allow_in_pillow()
@@ -171,14 +176,15 @@ def tensor_image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettin
             with contextlib.suppress(OSError):  # unreadable: the exact path words the error
                 item = Item(item.index, item.modality, "bytes", item.value.read_bytes())
         if item.kind == "bytes" and takes(item.value, limits, item.index):
-            return tensors.decode(item.value, item.index)
+            return tensors.prepare(item.value, item.index)
         return exact_rgb(item, exact, limits, None)
 
     def run(batch: Sequence) -> np.ndarray:
         return backend.encode_image_tensor(tensors.batch(list(batch)))
 
     max_batch = CPU_IMAGE_BATCH if settings.device == "cpu" else None
-    return Tower("image", prepare, run, max_batch=max_batch)
+    finish = tensors.decode_batch if tensors.batch_decode else None
+    return Tower("image", prepare, run, max_batch=max_batch, finish=finish)
 
 
 def exact_rgb(

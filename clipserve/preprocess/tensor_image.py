@@ -10,11 +10,18 @@ aliases badly (clip-as-service's tensor path measured cosine 0.94 to its PIL pat
 Everything else takes the exact path, per item: other formats, grayscale, CMYK and progressive
 JPEGs (decoders differ most on those), PIL images and arrays. The header checks (format allow-list,
 pixel count, side ratio) run before any decoding, as on the exact path.
+
+On a GPU the JPEGs of a batch are decoded together, in one nvJPEG call on the inference thread
+(faster there than one call per image); on the CPU each is decoded on a preparation worker, in
+parallel. A batched decode that fails is redone image by image, so that only the corrupt image
+fails and its batch-mates are embedded.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,17 +49,44 @@ def takes(data: bytes, limits: ImageLimits, index: int | None) -> bool:
     return True
 
 
+def batch_decodes(device: torch.device) -> bool:
+    """Whether JPEGs are decoded a batch at a time on ``device``: on a GPU (nvJPEG's batched
+    decode), not on the CPU (one decode per preparation worker spreads over the cores)."""
+    return device.type == "cuda"
+
+
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A JPEG that :func:`takes` accepted, waiting to be decoded with its batch."""
+
+    data: torch.Tensor
+    """its bytes, a uint8 tensor on the host (nvJPEG reads them from there)"""
+    index: int | None
+
+
 class TensorImagePreprocessor:
-    """A model's eval transform on ``device``: JPEG bytes or exact uint8 pixels → normalised tensors."""
+    """A model's eval transform on ``device``: JPEG bytes or exact uint8 pixels → normalised tensors.
+
+    ``batch_decode`` (default: on CUDA devices) defers decoding to :meth:`decode_batch`, one call
+    per batch; otherwise :meth:`decode` decodes each image where it is prepared.
+    """
 
     def __init__(
-        self, size: tuple[int, int], resize_mode: str, interpolation: str, mean, std, device
+        self,
+        size: tuple[int, int],
+        resize_mode: str,
+        interpolation: str,
+        mean,
+        std,
+        device,
+        batch_decode: bool | None = None,
     ) -> None:
         if resize_mode not in ("shortest", "squash"):
             raise ValueError(f"resize mode {resize_mode!r} is not supported")
         self.size, self.resize_mode = size, resize_mode
         self.interpolation = INTERPOLATION[interpolation]
         self.device = torch.device(device)
+        self.batch_decode = batch_decodes(self.device) if batch_decode is None else batch_decode
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._probe()
@@ -70,16 +104,47 @@ class TensorImagePreprocessor:
                 "tensor_preprocess needs it"
             ) from exc
 
+    def prepare(self, data: bytes, index: int | None) -> torch.Tensor | EncodedJpeg:
+        """One JPEG that :func:`takes` accepted: decoded now (its resized, cropped uint8
+        ``[3, H, W]`` tensor on the device), or kept for :meth:`decode_batch`."""
+        if self.batch_decode:
+            return EncodedJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), index)
+        return self.decode(data, index)
+
     def decode(self, data: bytes, index: int | None) -> torch.Tensor:
         """One JPEG → its resized, cropped uint8 ``[3, H, W]`` tensor on the device."""
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return self.resize_and_crop(self._decode_one(EncodedJpeg(encoded, index)))
+
+    def decode_batch(self, payloads: Sequence) -> list:
+        """The :class:`EncodedJpeg` payloads of a batch decoded in one call and resized, each in its
+        place, or the :class:`InvalidInput` of a corrupt one; other payloads are left as they are."""
+        positions = [p for p, payload in enumerate(payloads) if isinstance(payload, EncodedJpeg)]
+        out: list = list(payloads)
+        if not positions:
+            return out
         try:
-            image = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
+            images = decode_jpeg(
+                [payloads[p].data for p in positions], mode=ImageReadMode.RGB, device=self.device
+            )
+        except RuntimeError:  # no partial results: find the corrupt ones image by image
+            images = []
+            for p in positions:
+                try:
+                    images.append(self._decode_one(payloads[p]))
+                except InvalidInput as exc:
+                    images.append(exc)
+        for p, image in zip(positions, images, strict=True):
+            out[p] = image if isinstance(image, InvalidInput) else self.resize_and_crop(image)
+        return out
+
+    def _decode_one(self, jpeg: EncodedJpeg) -> torch.Tensor:
+        try:
+            return decode_jpeg(jpeg.data, mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError as exc:
             raise InvalidInput(
-                f"corrupt or truncated image: {echo(str(exc).splitlines()[-1])}", index
+                f"corrupt or truncated image: {echo(str(exc).splitlines()[-1])}", jpeg.index
             ) from exc
-        return self.resize_and_crop(image)
 
     def resize_and_crop(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 ``[3, h, w]`` → ``[3, H, W]``: the exact path's sizes and crop, antialiased resampling."""

@@ -35,7 +35,7 @@ class EncodingService:
         self._inflight_items = 0
         self.batchers = {
             modality: DynamicBatcher(
-                lambda batch, modality=modality: self.pipeline.run_batch(modality, batch),
+                lambda batch, modality=modality: self._run_batch(modality, batch),
                 self._inference,
                 max_batch_size=self.pipeline.batch_size(modality),
                 max_wait_ms=settings.max_wait_ms,
@@ -46,6 +46,11 @@ class EncodingService:
         }
         for modality, batcher in self.batchers.items():
             self.metrics.watch_queue(modality, lambda batcher=batcher: batcher.depth)
+
+    def _run_batch(self, modality: str, payloads: list) -> list:
+        """One model call: a row per payload, or the error of an item that failed in the batch."""
+        rows, errors = self.pipeline.run_batch(modality, payloads)
+        return [errors.get(position, row) for position, row in enumerate(rows)]
 
     async def close(self) -> None:
         for batcher in self.batchers.values():
@@ -69,7 +74,8 @@ class EncodingService:
         """Vectors for ``items`` in order, and the number of text tokens they used.
 
         Raises the :class:`InvalidInput` of the lowest-indexed bad item: nothing of a request with
-        a bad item reaches the model.
+        an item found bad while preparing reaches the model. (The GPU image path finds a corrupt
+        JPEG only when its batch is decoded; the request's other items are embedded by then.)
         """
         self.check_request(items)
         towers = self.pipeline.model.towers
@@ -94,10 +100,13 @@ class EncodingService:
                 *(
                     self.batchers[modality].submit([payloads[p] for p in positions])
                     for modality, positions in by_modality.items()
-                )
+                ),
+                return_exceptions=True,
             )
         finally:
             self._inflight_items -= weight
+        if failures := [r for r in results if isinstance(r, BaseException)]:
+            raise first_error(failures)
         vectors = np.empty((len(items), self.pipeline.dim), dtype=np.float32)
         for positions, rows in zip(by_modality.values(), results, strict=True):
             vectors[positions] = np.asarray(rows)
@@ -131,10 +140,14 @@ class EncodingService:
             return await loop.run_in_executor(pipeline.prepare_pool, pipeline.prepare, item)
 
         outcomes = await asyncio.gather(*(prepared(item) for item in items), return_exceptions=True)
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
-        if failures:
-            expected = [f for f in failures if isinstance(f, InvalidInput | RequestTooLarge)]
-            if len(expected) < len(failures):
-                raise next(f for f in failures if not isinstance(f, InvalidInput | RequestTooLarge))
-            raise min(expected, key=lambda e: e.index if e.index is not None else -1)
+        if failures := [o for o in outcomes if isinstance(o, BaseException)]:
+            raise first_error(failures)
         return outcomes
+
+
+def first_error(failures: list[BaseException]) -> BaseException:
+    """The error a request answers with: an unexpected one first, else the lowest-indexed item's."""
+    expected = [f for f in failures if isinstance(f, InvalidInput | RequestTooLarge)]
+    if len(expected) < len(failures):
+        return next(f for f in failures if not isinstance(f, InvalidInput | RequestTooLarge))
+    return min(expected, key=lambda e: e.index if e.index is not None else -1)
