@@ -17,7 +17,7 @@ def test_models_lists_the_table(capsys) -> None:
     assert table.splitlines()[0].split() == ["name", "family", "dim", "image", "tokenizer", "licence"]
     rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
     assert footer.strip() == (
-        "precisions: onnx fp32 (cpu/cuda/tensorrt), int8 (cpu); "
+        "precisions: onnx fp32 (cpu/cuda/tensorrt), fp16 (cuda/tensorrt), int8 (cpu); "
         "torch fp32 (cpu/cuda), bf16 (cpu), fp16 (cuda)"
     )
     for arch, dim in CLIP_ONNX_TABLE.items():

@@ -9,6 +9,7 @@ cut short exactly (``text_trim``).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from clipserve.weights import (
     spec_of_export,
 )
 from clipserve.zoo import ModelSpec
+
+log = logging.getLogger(__name__)
 
 CPU_IMAGE_BATCH = 8
 """Images per model call on a CPU. ViT-B-32 (ONNX Runtime, 2-core Xeon with AMX) ran images/s:
@@ -168,6 +171,8 @@ def tensor_image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettin
     limits = ImageLimits(settings.max_pixels, settings.max_aspect_ratio)
     limits.allow_in_pillow()
     expected_shape = (3, *spec.image_size)
+    how = "a batch per call" if tensors.batch_decode else "one per decode thread"
+    log.info("tensor image preprocessing on %s: JPEGs decoded %s", tensors.device, how)
 
     def prepare(item: Item):
         if item.kind == "pixels":
