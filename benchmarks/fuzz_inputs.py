@@ -15,7 +15,9 @@ N requests (default 10,000) from a seeded generator over 16 connections:
 Every 4xx about an item must carry that item's index. Afterwards the server's vectors are compared
 with an offline ``Encoder`` on the same weights.
 
-    python benchmarks/fuzz_inputs.py [--cases 10000] [--seed 0]
+    python benchmarks/fuzz_inputs.py [--cases 10000] [--seed 0] [--tensor-preprocess]
+
+``--tensor-preprocess`` sends the JPEGs through the tensor path (torchvision's decoder) instead.
 """
 
 from __future__ import annotations
@@ -308,12 +310,14 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--tensor-preprocess", action="store_true", help="fuzz the tensor image path")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="clipserve-fuzz-"))
     weights = random_export(workdir)
     cases = request_cases(rng, source_images(rng), args.cases)
     flags = ["--allow-url", "--max-items", str(MAX_ITEMS)]
+    flags += ["--tensor-preprocess"] if args.tensor_preprocess else []
     with server_process(weights, *flags) as (url, process):
         port = int(url.rsplit(":", 1)[1])
         start = time.perf_counter()
@@ -329,7 +333,7 @@ def main() -> None:
             json={"inputs": [{"text": t} for t in texts] + [{"image": b64(p)} for p in photos]},
         )
         rss = rss_mib(process.pid)
-    with Encoder(MODEL, weights=weights) as encoder:
+    with Encoder(MODEL, weights=weights, tensor_preprocess=args.tensor_preprocess) as encoder:
         offline = encoder.encode([*texts, *photos])
     vectors = np.asarray(served.json()["embeddings"], np.float32)
     cosine = float((vectors * offline).sum(axis=1).min())

@@ -65,7 +65,7 @@ def test_lenient_encoding_skips_and_reports(photo_paths, encoder_for) -> None:
     assert cosines(result.vectors, strict).min() > 0.99999
 
 
-def test_unknown_model_and_bad_options(random_model, cache_root) -> None:
+def test_unknown_model_and_bad_options(random_model, cache_root, monkeypatch) -> None:
     from clipserve.encoder import Encoder
 
     checkpoint = random_model(NAME).checkpoint
@@ -77,7 +77,23 @@ def test_unknown_model_and_bad_options(random_model, cache_root) -> None:
         UnsupportedModel, match="precision 'fp16' is not available for the torch backend on 'cpu'"
     ):
         Encoder(NAME, backend="torch", precision="fp16", weights=checkpoint, cache_dir=cache_root)
-    with pytest.raises(UnsupportedModel, match="the onnx backend has no 'fp16' precision"):
+    with pytest.raises(
+        UnsupportedModel, match="precision 'bf16' is not available for the torch backend on 'cuda'"
+    ):
+        Encoder(
+            NAME, backend="torch", precision="bf16", device="cuda", weights=checkpoint, cache_dir=cache_root
+        )
+    with pytest.raises(UnsupportedModel, match="the onnx backend has no 'bf16' precision"):
+        Encoder(NAME, backend="onnx", precision="bf16", weights=checkpoint, cache_dir=cache_root)
+
+    def no_deriving(*args, **kwargs):
+        raise AssertionError("converted before the precision was checked for the device")
+
+    monkeypatch.setattr("clipserve.backends.precision.derive", no_deriving)
+    with pytest.raises(
+        UnsupportedModel,
+        match=r"'fp16' is not available for the onnx backend on 'cpu' \(it runs on: cuda, tensorrt\)",
+    ):
         Encoder(NAME, backend="onnx", precision="fp16", weights=checkpoint, cache_dir=cache_root)
 
 

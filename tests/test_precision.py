@@ -96,7 +96,11 @@ def test_an_fp32_export_dir_yields_int8_in_the_cache(tmp_path, encoder_for) -> N
     assert encoder.info()["weights"].startswith(str(tmp_path / "onnx" / "ViT-B-32" / "sha-"))
 
 
-def test_wrong_precision_for_backend_or_device(random_model, cache_root) -> None:
+def no_deriving(*args, **kwargs):
+    raise AssertionError("converted before the device was checked")
+
+
+def test_wrong_precision_for_backend_or_device(random_model, cache_root, monkeypatch) -> None:
     from clipserve.backends.onnx import OnnxBackend
     from clipserve.encoder import Encoder
 
@@ -106,8 +110,11 @@ def test_wrong_precision_for_backend_or_device(random_model, cache_root) -> None
         Encoder(name, backend="torch", precision="int8", weights=checkpoint, cache_dir=cache_root)
     with pytest.raises(UnsupportedModel, match="unknown precision 'int4'"):
         Encoder(name, precision="int4", weights=checkpoint, cache_dir=cache_root)
-    with pytest.raises(DeviceUnavailable, match="CUDAExecutionProvider"):
+    with pytest.raises(UnsupportedModel, match="'int8' is not available for the onnx backend on 'cuda'"):
         Encoder(name, precision="int8", device="cuda", weights=checkpoint, cache_dir=cache_root)
+    monkeypatch.setattr("clipserve.backends.precision.derive", no_deriving)
+    with pytest.raises(DeviceUnavailable, match="CUDAExecutionProvider"):
+        Encoder(name, precision="fp16", device="cuda", weights=checkpoint, cache_dir=cache_root)
     fp32_dir = Encoder(name, weights=checkpoint, cache_dir=cache_root).pipeline.model.backend.model_dir
     from clipserve.zoo import get_spec
 

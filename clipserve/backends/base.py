@@ -58,6 +58,15 @@ def check_backend_precision(precision: str, backend: str) -> None:
         )
 
 
+def check_engine(precision: str, backend: str, device: str) -> None:
+    """Refuse, before any weights are found or converted, a precision ``backend`` lacks or does not
+    run on ``device`` (``cpu``, ``cuda:1``…); a device the backend does not know is left to it to word."""
+    check_backend_precision(precision, backend)
+    kind = device.split(":")[0]
+    if any(kind in kinds for kinds in PRECISION_DEVICES[backend].values()):
+        check_precision(precision, backend, kind)
+
+
 def check_precision(precision: str, backend: str, device: str) -> None:
     """Raise :class:`UnsupportedModel` unless ``precision`` runs on ``backend`` with ``device`` (a kind)."""
     check_backend_precision(precision, backend)

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from clipserve.backends.base import PRECISION_DEVICES, Backend, check_backend_precision
+from clipserve.backends.base import PRECISION_DEVICES, Backend, check_engine
 from clipserve.cache import content_fingerprint, touch
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.weights import (
@@ -49,7 +49,7 @@ def create_backend(
     onnx, only the ``towers`` asked for are loaded.
     """
     if backend in PRECISION_DEVICES:
-        check_backend_precision(precision, backend)
+        check_engine(precision, backend, device)
     explicit = explicit_weights(spec, weights) if weights is not None else None
     if backend == "torch":
         from clipserve.backends.torch import TorchBackend
@@ -58,8 +58,9 @@ def create_backend(
             raise UnsupportedModel(f"the torch backend needs a checkpoint, and {explicit} is an ONNX export")
         return TorchBackend(spec, explicit or find_checkpoint(spec, cache), device, precision)
     if backend == "onnx":
-        from clipserve.backends.onnx import OnnxBackend
+        from clipserve.backends.onnx import OnnxBackend, execution_providers
 
+        execution_providers(device)  # a missing provider is said before any export or conversion
         model_dir = onnx_model_dir(spec, explicit, cache, precision, tokenizer_dir)
         return OnnxBackend(spec, model_dir, device, precision, spin, towers)
     raise UnsupportedModel(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipserve.backends.base import check_backend_precision
+from clipserve.backends.base import check_engine
 from clipserve.backends.factory import BACKENDS, onnx_model_dir
 from clipserve.cache import enforce_cap
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
@@ -64,7 +64,7 @@ class AudioClipModel:
             raise UnsupportedModel(
                 f"unknown backend {settings.backend!r}; choose one of {', '.join(BACKENDS)}"
             )
-        check_backend_precision(settings.precision, settings.backend)
+        check_engine(settings.precision, settings.backend, settings.device)
         cache = cache_dir(settings.cache_dir)
         weights = explicit_weights(spec, settings.weights) if settings.weights is not None else None
         if weights is not None and is_onnx_dir(weights):
@@ -81,8 +81,9 @@ class AudioClipModel:
                 spec, weights or find_checkpoint(spec, cache), settings.device, settings.precision
             )
         else:
-            from clipserve.backends.onnx import OnnxBackend
+            from clipserve.backends.onnx import OnnxBackend, execution_providers
 
+            execution_providers(settings.device)  # a missing provider is said before any export
             export = onnx_model_dir(spec, weights, cache, settings.precision, exporter=export_audioclip_fp32)
             self.backend = OnnxBackend(
                 spec, export, settings.device, settings.precision, spin, towers=("image", "text", "audio")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipserve.backends.base import check_backend_precision
+from clipserve.backends.base import check_engine
 from clipserve.backends.factory import BACKENDS, create_backend, fingerprint
 from clipserve.cache import enforce_cap, touch
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
@@ -51,7 +51,7 @@ class MClipModel:
             raise UnsupportedModel(
                 f"unknown backend {settings.backend!r}; choose one of {', '.join(BACKENDS)}"
             )
-        check_backend_precision(settings.precision, settings.backend)
+        check_engine(settings.precision, settings.backend, settings.device)
         self.spec = spec
         cache = cache_dir(settings.cache_dir)
         image_spec = get_spec(spec.image_model)
