@@ -218,6 +218,27 @@ def test_bad_inputs_answer_4xx_naming_the_item(
     assert httpx.post(f"{url}/encode", json={"inputs": [{"text": "still serving"}]}).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("bad", "detail"),
+    [
+        ({"image": "data:text/html;base64,PGI+"}, "neither an image nor audio"),  # found when sniffed
+        ({"image": "CORRUPT"}, "corrupt or truncated"),  # found when decoded
+    ],
+)
+def test_rank_names_the_bad_candidate_by_its_place_among_candidates(server, photo_paths, bad, detail) -> None:
+    url, _ = server
+    bad = {k: b64(_corrupt(photo_paths)) if v == "CORRUPT" else v for k, v in bad.items()}
+    candidates = [{"text": "a cat"}, {"text": "a dog"}, bad]
+    response = httpx.post(f"{url}/rank", json={"query": {"text": "a pet"}, "candidates": candidates})
+    body = response.json()
+    assert (response.status_code, body["error"], body["index"]) == (422, "InvalidInput", 2)
+    assert body["detail"].startswith("item 2: candidate: ") and detail in body["detail"]
+    response = httpx.post(f"{url}/rank", json={"query": bad, "candidates": candidates[:2]})
+    body = response.json()
+    assert (response.status_code, body["index"]) == (422, None)
+    assert body["detail"].startswith("query: ") and detail in body["detail"]
+
+
 def test_malformed_and_oversized_bodies(server) -> None:
     url, _ = server
     assert (

@@ -139,16 +139,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def rank(body: bodies.rank, request: Request) -> schemas.RankResponse:
         """Candidates sorted by clip_score: softmax over them of logit_scale × cosine to the query."""
         model = chosen(request, body.model)
-        items = items_of([body.query, *body.candidates])
-        async with pool.use(model) as service:
-            try:
+        try:  # an item's index counts the query first; the answer names candidates from 0
+            items = items_of([body.query, *body.candidates])
+            async with pool.use(model) as service:
                 vectors, _ = await service.embed(items)
-            except InvalidInput as exc:
-                if exc.index == 0:
-                    raise InvalidInput(f"query: {exc.reason}") from exc
-                raise InvalidInput(f"candidate: {exc.reason}", exc.index - 1) from exc
-            encoder = service.encoder
-            scales = np.asarray([encoder.logit_scale(items[0].modality, item.modality) for item in items[1:]])
+                scale = service.encoder.logit_scale
+                scales = np.asarray([scale(items[0].modality, item.modality) for item in items[1:]])
+        except InvalidInput as exc:
+            if exc.index == 0:
+                raise InvalidInput(f"query: {exc.reason}") from exc
+            raise InvalidInput(f"candidate: {exc.reason}", exc.index - 1) from exc
         order, scores, cosines = clip_scores(vectors[0], vectors[1:], scales)
         matches = [schemas.Match(index=int(i), clip_score=scores[i], cosine=cosines[i]) for i in order]
         return schemas.RankResponse(model=model.name, matches=matches)
