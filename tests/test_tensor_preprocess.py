@@ -199,6 +199,26 @@ def test_a_batch_of_jpegs_is_decoded_in_one_call(batch_decoding, tensor_encoder,
         assert caught.value.index == 2
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_device_out_of_memory_is_not_called_a_corrupt_image(batched, jpegs, monkeypatch) -> None:
+    from clipserve.preprocess import tensor_image
+
+    spec = get_spec(NAME)
+    tensors = TensorImagePreprocessor(
+        spec.image_size, spec.resize_mode, spec.interpolation, spec.mean, spec.std, "cpu", batched
+    )
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(tensor_image, "decode_jpeg", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        if batched:
+            tensors.decode_batch([tensors.prepare(data, i) for i, data in enumerate(jpegs[:3])])
+        else:
+            tensors.prepare(jpegs[0], 0)
+
+
 def test_the_server_fails_only_the_request_with_the_corrupt_jpeg(
     batch_decoding, tensor_encoder, random_model, jpegs
 ) -> None:

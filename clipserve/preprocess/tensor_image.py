@@ -127,6 +127,8 @@ class TensorImagePreprocessor:
             images = decode_jpeg(
                 [payloads[p].data for p in positions], mode=ImageReadMode.RGB, device=self.device
             )
+        except torch.OutOfMemoryError:
+            raise  # the device's trouble, not the images'
         except RuntimeError:  # no partial results: find the corrupt ones image by image
             images = []
             for p in positions:
@@ -141,6 +143,8 @@ class TensorImagePreprocessor:
     def _decode_one(self, jpeg: EncodedJpeg) -> torch.Tensor:
         try:
             return decode_jpeg(jpeg.data, mode=ImageReadMode.RGB, device=self.device)
+        except torch.OutOfMemoryError:
+            raise  # the device's trouble, not the image's: not a corrupt-image error
         except RuntimeError as exc:
             raise InvalidInput(
                 f"corrupt or truncated image: {echo(str(exc).splitlines()[-1])}", jpeg.index
