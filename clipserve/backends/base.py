@@ -24,7 +24,11 @@ PRECISION_HINTS = {
 
 
 class Backend(Protocol):
-    """Runs preprocessed arrays through one model's towers; knows nothing of inputs or batching."""
+    """Runs preprocessed arrays through one model's towers; knows nothing of inputs or batching.
+
+    Both backends also take the image path's torch tensors (``tensor_preprocess``):
+    ``tensor_device`` says where the pixels should be, and ``encode_image_tensor`` embeds them there.
+    """
 
     spec: ModelSpec
     logit_scale: float
