@@ -3,7 +3,7 @@
 In one run, on the same JPEG bytes (the shared photos, or 12 MP ones with ``--large``):
 - open_clip's own pipeline: a DataLoader whose workers decode and resize with PIL, the model on the
   device (fp16 on CUDA, fp32 on the CPU);
-- clipserve torch with the exact path (PIL on the decode threads);
+- clipserve torch and onnx with the exact path (PIL on the decode threads);
 - clipserve torch and onnx with ``tensor_preprocess`` (torchvision decode and resize on the device;
   on CUDA one nvJPEG call per batch, and ONNX Runtime reads the pixels in place by IO binding).
 
@@ -155,6 +155,7 @@ def main() -> None:
     for name, backend, tensor in (
         ("clipserve torch, exact path", "torch", False),
         ("clipserve torch, tensor_preprocess", "torch", True),
+        ("clipserve onnx, exact path", "onnx", False),
         ("clipserve onnx, tensor_preprocess", "onnx", True),
     ):
         encoder = Encoder(
