@@ -173,8 +173,9 @@ def open_session(path: Path, providers: list, spin: bool, precision: str = "fp32
     options = ort.SessionOptions()
     # The last level adds only the CPU provider's layout transforms, which crash (segmentation
     # fault, onnxruntime 1.32) on float16 graphs; the fusions CUDA uses are in the level below.
-    level = "ORT_ENABLE_EXTENDED" if precision == "fp16" else "ORT_ENABLE_ALL"
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    levels = ort.GraphOptimizationLevel
+    fp16 = precision == "fp16"
+    options.graph_optimization_level = levels.ORT_ENABLE_EXTENDED if fp16 else levels.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.intra_op_num_threads = available_cpus()  # ONNX Runtime alone ignores CPU quotas
     # Memory: batch sizes and text lengths vary, so a memory pattern planned per input shape is
