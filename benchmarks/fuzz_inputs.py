@@ -12,6 +12,15 @@ N requests (default 10,000) from a seeded generator over 16 connections:
   IPv4 addresses, metadata addresses, other schemes, malformed URLs, hosts that do not resolve).
   None is public: no request leaves the machine.
 
+The server also serves AudioCLIP (random weights, loaded on first use), and about 2 % of the
+requests are the bombs of the second hardening review: JSON bodies whose strings are unterminated
+runs of escaped quotes (16 MB of them once froze the server), JPEGs of 1,000 repeated scans or of
+96 scans over 49 megapixels, 49-megapixel images of a few bytes each (lossless WebP, AVIF, CMYK
+JPEG, LA PNG), and audio bombs (400 one-minute FLACs of silence in one request, 8 channels at
+655 kHz, over-long and silent clips). Meanwhile 8 uploads that declare 16 MB and send nothing,
+and 8 connections that trickle header lines, are kept open (reopened when the server cuts them),
+and ``/healthz`` is timed every half second.
+
 Every 4xx about an item must carry that item's index. Afterwards the server's vectors are compared
 with an offline ``Encoder`` on the same weights.
 
@@ -28,8 +37,11 @@ import base64
 import io
 import json
 import random
+import socket
 import struct
+import sys
 import tempfile
+import threading
 import time
 import zlib
 from collections import Counter
@@ -44,7 +56,12 @@ from serving import MODEL, cpu_description, drive, random_export, rss_mib, serve
 from clipserve.encoder import Encoder
 from clipserve.preprocess.image import allowed_formats
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the seeded checkpoint of the tests
+from tests.audioclip_weights import write_checkpoint
+
 MAX_ITEMS = 64
+AUDIO_MODEL = "AudioCLIP::full"
+BOMB_SHARE = 0.02
 
 
 @dataclass
@@ -192,9 +209,151 @@ def item_cases(rng: random.Random, images: list[bytes]) -> list[tuple[str, objec
 def request_cases(rng: random.Random, images: list[bytes], count: int) -> list[Case]:
     cases: list[Case] = []
     generators = [item_request, shape_request, raw_request]
+    bombs = bomb_cases()
     while len(cases) < count:
-        cases.extend(rng.choice(generators)(rng, images))
+        if rng.random() < BOMB_SHARE:
+            cases.append(rng.choice(bombs))
+        else:
+            cases.extend(rng.choice(generators)(rng, images))
     return cases[:count]
+
+
+def scan_bomb(size: int, repeats: int) -> bytes:
+    """A grey progressive JPEG whose last scan (an AC refinement) is repeated ``repeats`` times."""
+    buffer = io.BytesIO()
+    Image.new("L", (size, size), 128).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last, end = data.rindex(b"\xff\xda"), len(data) - 2
+    return data[:end] + data[last:end] * repeats + data[end:]
+
+
+def flac(samples: np.ndarray, rate: int) -> bytes:
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="FLAC")
+    return buffer.getvalue()
+
+
+def saved(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, **options)
+    return buffer.getvalue()
+
+
+def bomb_cases() -> list[Case]:
+    """The second review's bombs, each a whole request with the answers it may get."""
+    big = Image.new("RGB", (7000, 7000), (120, 30, 200))
+    redos = [b"[" * 5000 + b'"' + b'\\"' * n for n in (20_000, 40_000, 1_000_000)]
+    redos.append(b'{"inputs": [{"text": "' + b'\\"' * (8 * 1024 * 1024 - 16))
+    silent_minute = b64(flac(np.zeros(44_100 * 60, np.int16), 44_100))
+    tone = (0.3 * np.sin(np.linspace(0, 2 * np.pi * 1320, 44_100 * 3))).astype(np.float32)
+    cases = [Case("bomb-json", "/encode", body, frozenset({413, 422})) for body in redos]
+    images = {
+        "bomb-jpeg-scans": [(scan_bomb(2000, 1000), frozenset({422}))],
+        "bomb-jpeg-96-scans": [(scan_bomb(7000, 90), frozenset({200}))],
+        "bomb-decode-memory": [
+            (saved(big.convert("RGBA"), format="WEBP", lossless=True), frozenset({200})),
+            (saved(big, format="AVIF", quality=50), frozenset({200})),
+            (saved(big.convert("CMYK"), format="JPEG"), frozenset({200})),
+            (saved(big.convert("LA"), format="PNG"), frozenset({200})),
+        ],
+    }
+    for category, entries in images.items():
+        for data, statuses in entries:
+            body = {"inputs": [{"text": "first"}, {"image": b64(data)}]}
+            cases.append(Case(category, "/encode", json.dumps(body).encode(), statuses, 1))
+    audio = [
+        ([{"audio": silent_minute}] * 400, frozenset({413}), None),
+        ([{"audio": b64(flac(np.zeros((655_000 * 5, 8), np.int16), 655_000))}], frozenset({422}), 0),
+        ([{"audio": b64(flac(np.zeros(44_100 * 61, np.int16), 44_100))}], frozenset({422}), 0),
+        ([{"audio": b64(flac(tone, 44_100))}, {"audio": silent_minute}], frozenset({422}), 1),
+        ([{"audio": b64(flac(tone, 44_100))}] * 2, frozenset({200}), None),
+    ]
+    for inputs, statuses, index in audio:
+        body = json.dumps({"inputs": inputs, "model": AUDIO_MODEL}).encode()
+        cases.append(Case("bomb-audio", "/encode", body, statuses, index))
+    return cases
+
+
+class ConnectionAbuse:
+    """Keeps silent 16 MB uploads and header tricklers open against the server while it is fuzzed
+    (reopening each one the server cuts), and times ``/healthz`` meanwhile."""
+
+    def __init__(self, port: int, each: int = 8) -> None:
+        self.port, self.each = port, each
+        self.lives: dict[str, list[float]] = {"stalled-upload": [], "slow-headers": []}
+        self.answers: Counter = Counter()
+        self.health_ms: list[float] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._abuse, args=(kind,), daemon=True)
+            for kind in self.lives
+            for _ in range(each)
+        ]
+        self._threads.append(threading.Thread(target=self._probe, daemon=True))
+
+    def __enter__(self) -> ConnectionAbuse:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+
+    def _abuse(self, kind: str) -> None:
+        while not self._stop.is_set():
+            opened = time.monotonic()
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                try:
+                    if kind == "stalled-upload":
+                        sock.sendall(b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Length: 16777216\r\n\r\n")
+                    else:
+                        sock.sendall(b"POST /encode HTTP/1.1\r\nHost: x\r\n")
+                    answer = b""
+                    for line in range(10**6):
+                        if self._stop.is_set():
+                            return
+                        if kind == "slow-headers" and line % 5 == 0:
+                            sock.sendall(b"X-Slow-%d: a\r\n" % line)
+                        try:
+                            chunk = sock.recv(4096)
+                        except TimeoutError:
+                            continue
+                        if not chunk:
+                            break
+                        answer += chunk
+                except OSError:
+                    answer = b""
+            self.lives[kind].append(time.monotonic() - opened)
+            self.answers[(kind, answer[:12].decode(errors="replace") or "closed")] += 1
+
+    def _probe(self) -> None:
+        while not self._stop.wait(0.5):
+            start = time.perf_counter()
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=30)
+            except httpx.TransportError:
+                continue
+            self.health_ms.append((time.perf_counter() - start) * 1000)
+
+    def report(self) -> list[str]:
+        lines = []
+        for kind, lives in self.lives.items():
+            if lives:
+                lines.append(
+                    f"{kind}: {len(lives)} connections cut by the server after {min(lives):.1f} to "
+                    f"{max(lives):.1f} s"
+                )
+        lines.append(
+            "their answers: " + ", ".join(f"{k} {a!r}: {n}" for (k, a), n in sorted(self.answers.items()))
+        )
+        if self.health_ms:
+            p50 = float(np.percentile(self.health_ms, 50))
+            lines.append(f"/healthz during the run: p50 {p50:.0f} ms, max {max(self.health_ms):.0f} ms")
+        return lines
 
 
 def item_request(rng: random.Random, images: list[bytes]) -> list[Case]:
@@ -305,6 +464,13 @@ def check(cases: list[Case], outcome) -> tuple[Counter, list[str]]:
     return seen, problems
 
 
+def audioclip_export(workdir: Path) -> str:
+    """AudioCLIP's ONNX export of the seeded random checkpoint in the released layout."""
+    checkpoint = write_checkpoint(workdir / "AudioCLIP-Full-Training.pt")
+    with Encoder(AUDIO_MODEL, weights=checkpoint, cache_dir=workdir) as encoder:
+        return str(encoder.info()["weights"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=10_000)
@@ -315,14 +481,17 @@ def main() -> None:
     rng = random.Random(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="clipserve-fuzz-"))
     weights = random_export(workdir)
+    audio_weights = audioclip_export(workdir)
     cases = request_cases(rng, source_images(rng), args.cases)
     flags = ["--allow-url", "--max-items", str(MAX_ITEMS)]
+    flags += ["--model", f"{MODEL}={weights}", "--model", f"{AUDIO_MODEL}={audio_weights}"]
     flags += ["--tensor-preprocess"] if args.tensor_preprocess else []
-    with server_process(weights, *flags) as (url, process):
+    with server_process(None, *flags) as (url, process):
         port = int(url.rsplit(":", 1)[1])
         start = time.perf_counter()
         requests = [(c.category, c.path, c.body) for c in cases]
-        outcome = asyncio.run(drive(port, requests, args.clients, keep_bodies=True))
+        with ConnectionAbuse(port) as abuse:
+            outcome = asyncio.run(drive(port, requests, args.clients, keep_bodies=True))
         seconds = time.perf_counter() - start
         seen, problems = check(cases, outcome)
         alive = process.poll() is None
@@ -352,6 +521,8 @@ def main() -> None:
         f"\n5xx: {sum(n for s, n in statuses.items() if s >= 500)}; problems: {len(problems)}; "
         f"vectors after the run: cosine to offline ≥ {cosine:.6f}"
     )
+    for line in abuse.report():
+        print(line)
     for problem in problems[:20]:
         print("  " + problem)
     if problems or not alive or cosine < 0.9999:

@@ -77,8 +77,9 @@ class DynamicBatcher:
     ``max_wait_ms`` for more, up to ``max_batch_size``, and runs ``run`` on them in ``executor``
     (one inference thread). ``run`` gets the items in submission order and returns one row a item;
     a row that is an exception fails only the caller of that item.
-    At most ``max_queue`` items wait; beyond that :meth:`submit` raises
-    :class:`~clipserve.errors.Overloaded` at once instead of letting the queue grow without limit.
+    At most ``max_queue`` items wait (but an empty queue takes any one submission); beyond that
+    :meth:`submit` raises :class:`~clipserve.errors.Overloaded` at once instead of letting the queue
+    grow without limit.
     """
 
     def __init__(
@@ -101,13 +102,18 @@ class DynamicBatcher:
         """Items waiting for a batch."""
         return self._queue.qsize()
 
-    async def submit(self, items: Sequence[T]) -> list[Any]:
-        """Queue ``items`` (all or none) and return their rows, in order, once their batches ran;
-        raises the error of the first failed item, once all of them are done."""
-        if self.depth + len(items) > self.max_queue:
+    def check_room(self, count: int) -> None:
+        """Raise :class:`~clipserve.errors.Overloaded` when ``count`` more items would pass the
+        queue limit; an empty queue takes any number (one request always fits)."""
+        if self.depth and self.depth + count > self.max_queue:
             raise Overloaded(
                 f"server busy: {self.depth} items are waiting (limit {self.max_queue}); retry later"
             )
+
+    async def submit(self, items: Sequence[T]) -> list[Any]:
+        """Queue ``items`` (all or none) and return their rows, in order, once their batches ran;
+        raises the error of the first failed item, once all of them are done."""
+        self.check_room(len(items))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop())
         loop = asyncio.get_running_loop()

@@ -99,7 +99,8 @@ def prune(
 ) -> list[Entry]:
     """Remove entries, least recently used first: staging left over for a day, entries unused for
     ``older_than_s``, then more until the cache holds at most ``max_bytes``; never ``keep`` (the
-    entry in use). Returns what went."""
+    entry in use), nor an entry that is a symbolic link. Returns what went (in a dry run, what
+    would go)."""
     now = time.time()
     listed = entries(root)
     total = sum(e.size for e in listed)
@@ -111,8 +112,14 @@ def prune(
         old = older_than_s is not None and now - entry.last_used > older_than_s
         over = max_bytes is not None and total > max_bytes
         if stale or old or over:
+            if entry.path.is_symlink():  # the user's own directory, linked in: never followed or counted
+                log.warning("cache: kept %s: a symbolic link (remove it by hand)", entry.path)
+                continue
             if not dry_run:
                 shutil.rmtree(entry.path, ignore_errors=True)
+                if entry.path.exists():
+                    log.warning("cache: could not remove %s", entry.path)
+                    continue
                 log.info("cache: removed %s (%d bytes)", entry.path, entry.size)
             removed.append(entry)
             total -= entry.size

@@ -3,7 +3,8 @@
 Inputs are taken like :meth:`clipserve.encoder.Encoder.encode`: texts, image paths (``str`` naming
 a file, or ``Path``), ``bytes``, data URIs, PIL images and ``[H, W, 3]`` uint8 arrays. Large inputs are
 sent in batches (``.npy`` answers), with a progress bar on request; a busy server (503) is retried
-with exponential backoff, honouring ``Retry-After``.
+with exponential backoff, honouring ``Retry-After``; a batch the server finds too large (413: too
+many items, or audio clips heavier than its in-flight limit) is sent again in halves.
 """
 
 from __future__ import annotations
@@ -82,6 +83,19 @@ def batched_bodies(
         size += cost
     if payloads:
         yield start, {"inputs": payloads}
+
+
+def halves(start: int, body: dict) -> list[tuple[int, dict]]:
+    """A request body of several inputs cut in two, each with its start (an answer of 413)."""
+    inputs = body["inputs"]
+    middle = len(inputs) // 2
+    first, second = inputs[:middle], inputs[middle:]
+    return [(start, {**body, "inputs": first}), (start + middle, {**body, "inputs": second})]
+
+
+def splits(error: ServerError, body: dict) -> bool:
+    """Whether a batch that failed with ``error`` is worth sending again in halves."""
+    return error.status == 413 and len(body["inputs"]) > 1
 
 
 def _raise_for(response: httpx.Response, offset: int = 0) -> None:
@@ -171,12 +185,18 @@ class Client:
         parts = []
         with tqdm(total=len(inputs), unit="item", disable=not show_progress, desc="encoding") as bar:
             for start, body in batched_bodies(inputs, batch_size, int(max_request_mb * 1024 * 1024)):
-                response = self._post(
-                    "/encode", _for_model(body, model), offset=start, headers={"Accept": NPY}
-                )
-                parts.append(np.load(io.BytesIO(response.content)))
+                parts.append(self._encode_batch(start, _for_model(body, model)))
                 bar.update(len(body["inputs"]))
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def _encode_batch(self, start: int, body: dict) -> np.ndarray:
+        try:
+            response = self._post("/encode", body, offset=start, headers={"Accept": NPY})
+        except ServerError as error:
+            if not splits(error, body):
+                raise
+            return np.concatenate([self._encode_batch(s, half) for s, half in halves(start, body)])
+        return np.load(io.BytesIO(response.content))
 
     def rank(self, query: Any, candidates: Sequence[Any], model: str | None = None) -> list[Ranked]:
         """Candidates sorted by ``clip_score`` (softmax of ``logit_scale × cosine``), best first."""
@@ -241,11 +261,8 @@ class AsyncClient:
         parts: dict[int, np.ndarray] = {}
 
         async def one(start: int, body: dict) -> None:
-            response = await self._post(
-                "/encode", _for_model(body, model), offset=start, headers={"Accept": NPY}
-            )
+            parts[start] = await self._encode_batch(start, _for_model(body, model))
             bar.update(len(body["inputs"]))
-            parts[start] = np.load(io.BytesIO(response.content))
 
         pending: set[asyncio.Task] = set()
         try:
@@ -261,6 +278,16 @@ class AsyncClient:
             for task in pending:
                 task.cancel()
         return np.concatenate([parts[s] for s in sorted(parts)]) if parts else np.zeros((0, 0), np.float32)
+
+    async def _encode_batch(self, start: int, body: dict) -> np.ndarray:
+        try:
+            response = await self._post("/encode", body, offset=start, headers={"Accept": NPY})
+        except ServerError as error:
+            if not splits(error, body):
+                raise
+            first, second = halves(start, body)
+            return np.concatenate([await self._encode_batch(*first), await self._encode_batch(*second)])
+        return np.load(io.BytesIO(response.content))
 
     async def rank(self, query: Any, candidates: Sequence[Any], model: str | None = None) -> list[Ranked]:
         """Candidates sorted by ``clip_score``, best first."""

@@ -82,9 +82,14 @@ class Overloaded(ClipserveError):
 
 
 class ModelUnavailable(ClipserveError):
-    """A served model cannot be loaded now: it would pass the server's memory limit, or it failed."""
+    """A served model cannot be loaded now: it would pass the server's memory limit, or it failed;
+    ``retry_after_s`` says when to try again."""
 
     http_status = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
 
 
 class Unauthorized(ClipserveError):

@@ -7,8 +7,11 @@
   only lead to ``http``/``https``: the opener has no FTP, file or data handlers at all.
 - One deadline covers the whole fetch (name lookup, connect, headers, body): a watchdog shuts the
   socket when it passes, so a server that trickles one byte at a time cannot hold a thread.
-- Refusals say only that the address is not public: the resolved address stays in the server's log,
-  so the error text is no oracle for the names of an internal network.
+- Every failure before a connection is made (a name that does not resolve, a lookup that takes too
+  long, an address that is not public, a connection that fails) gives one message, and a malformed
+  answer is named by its kind only: the details (resolved addresses, the resolver's words, the
+  remote bytes) stay in the server's log, so the error text is no oracle for the names of an
+  internal network and echoes nothing a remote host sent.
 """
 
 from __future__ import annotations
@@ -89,6 +92,17 @@ def _routable(ip: IPAddress) -> bool:
     return ip.is_global and not special and not any(ip in block for block in NOT_PUBLIC)
 
 
+FETCH_THREADS = 8
+
+
+@cache
+def fetch_pool() -> ThreadPoolExecutor:
+    """The process's URL fetches: they wait on the network, not the CPU, so a pool of their own keeps
+    them off the decoders; one for every model, so the downloads in flight are bounded once
+    (``FETCH_THREADS`` × ``max_fetch_mb``)."""
+    return ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="clipserve-fetch")
+
+
 @cache
 def _lookup_pool() -> ThreadPoolExecutor:
     # getaddrinfo has no timeout of its own: it runs here so the fetch can stop waiting for it.
@@ -132,12 +146,21 @@ class _Deadline:
         self._timer.cancel()
 
 
+def unreachable(host: str) -> str:
+    """The one message of every failure to reach ``host`` (see the module docstring)."""
+    return f"refusing to fetch from {echo(host, 80)}: it does not resolve to a public address"
+
+
 def _connect(host: str, port: int, deadline: _Deadline, allow_private: bool) -> socket.socket:
     lookup = _lookup_pool().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
         addresses = lookup.result(timeout=deadline.remaining())
-    except FutureTimeout as exc:
-        raise TimeoutError("name lookup took too long") from exc
+    except FutureTimeout:
+        log.warning("refused to fetch from %s: the name lookup took too long", host)
+        raise RefusedAddress(unreachable(host)) from None
+    except OSError as exc:
+        log.warning("refused to fetch from %s: the name does not resolve (%s)", host, exc)
+        raise RefusedAddress(unreachable(host)) from None
     refused = []
     for family, kind, proto, _, sockaddr in addresses:
         if not allow_private and not is_public(sockaddr[0]):
@@ -148,12 +171,15 @@ def _connect(host: str, port: int, deadline: _Deadline, allow_private: bool) -> 
         sock.settimeout(deadline.remaining())
         try:
             sock.connect(sockaddr)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            if deadline.expired or isinstance(exc, TimeoutError):
+                raise
+            log.warning("could not connect to %s (%s): %s", host, sockaddr[0], exc)
+            raise RefusedAddress(unreachable(host)) from None
         return sock
     log.warning("refused to fetch from %s: it resolves to %s", host, ", ".join(refused) or "nothing")
-    raise RefusedAddress(f"refusing to fetch from {host}: it does not resolve to a public address")
+    raise RefusedAddress(unreachable(host))
 
 
 def _opener(deadline: _Deadline, allow_private: bool) -> urllib.request.OpenerDirector:
@@ -185,7 +211,8 @@ def _opener(deadline: _Deadline, allow_private: bool) -> urllib.request.OpenerDi
             target = headers.get("location") or headers.get("uri") or ""
             scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, target)).scheme.lower()
             if scheme not in FETCHED_SCHEMES:
-                raise RefusedAddress(f"refusing a redirect to a {echo(scheme, 20)}: URL")
+                log.warning("refused a redirect from %s to a %r URL", req.full_url, scheme)
+                raise RefusedAddress("refusing to follow a redirect to a URL that is not http(s)")
             return super().http_error_302(req, fp, code, msg, headers)
 
         http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
@@ -277,8 +304,8 @@ def fetch_url(
 
 
 def _describe(exc: Exception) -> str:
+    """A failed fetch in words that echo nothing the remote host sent (logged whole)."""
+    log.info("fetch failed: %s: %s", type(exc).__name__, exc)
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code}"
-    if isinstance(exc, urllib.error.URLError):
-        return echo(str(exc.reason))
-    return f"{type(exc).__name__}: {echo(str(exc))}"
+    return f"no valid HTTP answer ({type(exc).__name__})"

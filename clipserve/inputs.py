@@ -114,6 +114,16 @@ def openai_item(index: int, value: str, allow_url: bool) -> Item:
     return Item(index, "text", "text", value)
 
 
+def uri_kind(uri: str) -> Literal["data_uri", "url", "path"]:
+    """How a document's ``uri`` names its content, told without reading anything: a data URI, an
+    http(s) URL, or a local path (``file://`` or plain)."""
+    if uri.startswith("data:"):
+        return "data_uri"
+    if uri.startswith(URL_SCHEMES):
+        return "url"
+    return "path"
+
+
 def _names_file(value: str) -> bool:
     if not value or len(value) > 4096 or "\n" in value or "\0" in value:
         return False

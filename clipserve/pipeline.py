@@ -20,7 +20,7 @@ import numpy as np
 from clipserve.batching import by_cost, chunks, prefetched
 from clipserve.errors import InvalidInput
 from clipserve.families.base import Model, Tower
-from clipserve.fetch import ByteBudget, fetch_url
+from clipserve.fetch import ByteBudget, fetch_pool, fetch_url
 from clipserve.inputs import Item, decode_base64, decode_data_uri
 from clipserve.resources import available_cpus
 from clipserve.settings import EngineSettings
@@ -28,12 +28,10 @@ from clipserve.text_cache import TextCache
 
 log = logging.getLogger(__name__)
 
-FETCH_THREADS = 8
-"""URL fetches wait on the network, not the CPU: a pool of their own keeps them off the decoders."""
-
 
 class Pipeline:
-    """Runs items through one model's towers; owns the preparation and fetch thread pools."""
+    """Runs items through one model's towers; owns the preparation thread pool (URL fetches run on
+    the process's one fetch pool, shared by every model)."""
 
     def __init__(self, model: Model, settings: EngineSettings) -> None:
         self.model = model
@@ -41,7 +39,7 @@ class Pipeline:
         self.dim = model.spec.dim
         workers = settings.num_workers or available_cpus()
         self.prepare_pool = ThreadPoolExecutor(workers, thread_name_prefix="clipserve-prepare")
-        self.fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="clipserve-fetch")
+        self.fetch_pool = fetch_pool()
         self.text_cache = TextCache(settings.text_cache) if settings.text_cache else None
 
     @property
@@ -50,7 +48,6 @@ class Pipeline:
 
     def close(self) -> None:
         self.prepare_pool.shutdown(wait=True, cancel_futures=True)
-        self.fetch_pool.shutdown(wait=True, cancel_futures=True)
         self.model.close()
 
     # -- steps (shared by every face) ---------------------------------------------------------------

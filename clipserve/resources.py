@@ -11,19 +11,33 @@ CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 CPUINFO = Path("/proc/cpuinfo")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 """x86 instruction sets that compute in bf16 (oneDNN uses them); without one, bf16 is emulated."""
-M_ARENA_MAX = -8  # glibc's mallopt parameter number
+M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 4 * 1024 * 1024
 
 
-def limit_malloc_arenas(count: int = 2) -> None:
-    """Cap glibc's malloc arenas (by default 8 per CPU, one per thread that allocates).
+def tune_malloc(arenas: int = 2, mmap_threshold: int = MMAP_THRESHOLD) -> None:
+    """Make glibc's malloc give memory back: cap its arenas, and fix its mmap threshold.
 
-    A server's many threads (HTTP workers, decoders, ONNX Runtime) each keep freed memory in an
-    arena of their own: capping them saved ~55 MB of peak RSS under load at no cost in speed.
-    A ``MALLOC_ARENA_MAX`` set by the user wins; elsewhere than glibc this does nothing.
+    - Arenas (by default 8 per CPU, one per thread that allocates): a server's many threads (HTTP
+      workers, decoders, ONNX Runtime) each keep freed memory in an arena of their own; capping
+      them saved ~55 MB of peak RSS under load at no cost in speed.
+    - The mmap threshold: glibc raises it after each large free, up to 32 MB, so the 16 MB blocks
+      of decoded images then come from the heap and stay in the process once freed. Fixed at 4 MB,
+      each is mapped and unmapped: a server of two models decoding 16 CMYK 49-megapixel JPEGs at
+      once peaked at 827 MiB over its idle RSS with a 512 MiB decode budget, and at 514 with this,
+      in the same time.
+
+    A ``MALLOC_ARENA_MAX`` or ``MALLOC_MMAP_THRESHOLD_`` set by the user wins; elsewhere than glibc
+    this does nothing.
     """
     libc = _glibc()
-    if "MALLOC_ARENA_MAX" not in os.environ and libc is not None:
-        libc.mallopt(M_ARENA_MAX, count)
+    if libc is None:
+        return
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(M_ARENA_MAX, arenas)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)
 
 
 def available_cpus() -> int:

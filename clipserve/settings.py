@@ -88,6 +88,14 @@ class EngineSettings:
     )
     max_text_chars: int = setting(16_384, "longest text in characters")
     max_audio_s: float = setting(60.0, "longest audio clip in seconds, checked before decoding")
+    max_decode_s: float = setting(
+        10.0, "longest time decoding one image or audio clip may take; beyond it the item is refused"
+    )
+    max_decode_mb: float = setting(
+        1024.0,
+        "most memory the image and audio decodes of this process may hold at once, estimated from "
+        "each header; decodes wait for room (one process-wide budget, shared by every model)",
+    )
 
     @property
     def max_fetch_bytes(self) -> int:
@@ -120,6 +128,11 @@ class ServerSettings(EngineSettings):
         "when a model does not fit max_memory_gb: refuse (503), or evict (unload the least recently "
         "used idle models first)",
     )
+    min_residency_s: float = setting(
+        30.0,
+        "evict: a model stays loaded at least this long before another may evict it (503 meanwhile), "
+        "so alternating requests cannot make the server load models back to back",
+    )
     host: str = setting("127.0.0.1", "address to bind (loopback by default)")
     port: int = setting(51000, "port to bind")
     api_key: str | None = setting(
@@ -137,11 +150,22 @@ class ServerSettings(EngineSettings):
     max_request_fetch_mb: float = setting(64.0, "most bytes the URL items of one request may download")
     max_inflight_items: int = setting(
         2048,
-        "most items being prepared or embedded at once (an audio clip counts as the 5-second windows "
-        "it may hold); beyond it 503 + Retry-After",
+        "most items being prepared or embedded at once (an audio clip counts as the memory of the "
+        "5-second windows it may hold, 6 items each); a request heavier than this alone is 413, "
+        "more at once 503 + Retry-After",
     )
     max_inflight_mb: float = setting(
-        128.0, "most request-body bytes being handled at once; beyond it 503 + Retry-After"
+        128.0,
+        "most request-body bytes being handled at once, counted as they arrive; beyond it 503 + Retry-After",
+    )
+    body_timeout_s: float = setting(
+        60.0, "longest time a request body may take to arrive; beyond it 408 and the connection closes"
+    )
+    header_timeout_s: float = setting(
+        10.0, "longest time a request's headers may take to arrive; beyond it the connection closes"
+    )
+    max_connections: int = setting(
+        1000, "most open connections and requests at once; beyond it new requests get 503"
     )
     playground: bool = setting(True, "serve the browser playground at / and /playground")
     ssl_certfile: str | None = setting(None, "TLS certificate (PEM) to serve HTTPS")

@@ -109,12 +109,13 @@ def write_export_meta(directory: Path, meta: dict, tokenizer_dir: Path | None = 
 
 def spec_of_export(spec: ModelSpec, export_dir: Path) -> ModelSpec:
     """The spec an export was made from (it keeps one: a model directory may have refined the zoo
-    entry's), once checked to be of the same architecture as ``spec``."""
+    entry's), once checked to be of the model ``spec`` names: the same architecture and tag (the
+    weights of ``ViT-B-32::laion2b_s34b_b79k`` are not served as ``ViT-B-32::openai``)."""
     meta = read_export_meta(export_dir)
     if "spec" not in meta:
         return spec
     kept = spec_from_row(meta["spec"])
-    if kept.arch != spec.arch:
+    if (kept.arch, kept.tag) != (spec.arch, spec.tag):
         raise WeightsUnavailable(f"{export_dir} holds an export of {kept.name}, not of {spec.name}")
     return kept
 

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from clipserve.server.app import create_app
+from clipserve.server.run import uvicorn_config
 from clipserve.settings import ServerSettings, replace
 
 
@@ -21,10 +22,11 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(**settings):
-    """Yields ``(base_url, app)`` while a uvicorn server with ``settings`` serves on loopback."""
+    """Yields ``(base_url, app)`` while uvicorn serves ``settings`` on loopback, configured as
+    ``clipserve serve`` configures it."""
     config = replace(ServerSettings(host="127.0.0.1", port=free_port()), **settings)
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, config))  # as `clipserve serve` runs it
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -120,8 +120,10 @@ def test_redirects_to_other_schemes_are_refused_without_connecting(scheme) -> No
     try:
         with pytest.raises(InvalidInput) as info:
             fetch_url(f"{url}/x.png", index=1, allow_private=True)
-        assert f"refusing a redirect to a {scheme}: URL" in str(info.value)
-        assert "root:" not in str(info.value) and "banner" not in str(info.value)
+        message = str(info.value)
+        assert "refusing to follow a redirect to a URL that is not http(s)" in message
+        assert scheme not in message.replace(url, "")  # the Location header is the remote's: not echoed
+        assert "root:" not in message and "banner" not in message
         with pytest.raises(TimeoutError):
             banner_port.accept()  # nobody connected to the "FTP" port
     finally:

@@ -154,7 +154,10 @@ def test_memory_bound_refuses_or_evicts(exports) -> None:
         assert metric(url, "clipserve_model_loads_total", model=RN50, outcome="ok") == 1  # the measuring one
         assert httpx.post(f"{url}/encode", json={"inputs": [{"text": "still serving"}]}).status_code == 200
 
-    with running_server(model=served(exports, VIT, RN50), memory_policy="evict") as (url, app):
+    with running_server(model=served(exports, VIT, RN50), memory_policy="evict", min_residency_s=0) as (
+        url,
+        app,
+    ):
         pool = app.state.models
         pool.max_bytes = resident_bytes() + 32 * 2**20  # room for RN50 only once ViT-B-32 goes
         assert httpx.post(f"{url}/encode", json=body, timeout=120).status_code == 200
@@ -163,3 +166,20 @@ def test_memory_bound_refuses_or_evicts(exports) -> None:
         back = httpx.post(f"{url}/encode", json={"inputs": [{"text": "the default again"}]}, timeout=120)
         assert back.status_code == 200 and back.json()["model"] == VIT
         assert states(url) == {VIT: "ready", RN50: "unloaded"}
+
+
+def test_evicting_waits_for_the_minimum_residency(exports) -> None:
+    """Alternating requests for two models that do not fit together: the one loaded stays its
+    minimum residency, so the other is refused with a Retry-After instead of loaded back to back."""
+    body = {"inputs": [{"text": "a photo of a bird"}], "model": RN50}
+    with running_server(model=served(exports, VIT, RN50), memory_policy="evict", min_residency_s=60) as (
+        url,
+        app,
+    ):
+        app.state.models.max_bytes = resident_bytes() + 32 * 2**20  # room for one model only
+        refused = httpx.post(f"{url}/encode", json=body, timeout=120)
+        assert refused.status_code == 503 and "min_residency_s=60" in refused.json()["detail"]
+        assert 50 <= int(refused.headers["Retry-After"]) <= 60
+        assert states(url) == {VIT: "ready", RN50: "unloaded"}
+        assert metric(url, "clipserve_model_loads_total", model=RN50, outcome="refused") == 1
+        assert metric(url, "clipserve_model_unloads_total", model=VIT, reason="memory") == 0

@@ -27,7 +27,8 @@ from clipserve.families.base import Tower
 from clipserve.families.openclip import image_tower, text_tower
 from clipserve.inputs import Item
 from clipserve.pipeline import normalise
-from clipserve.preprocess.audio import AudioLimits, decode_audio, windows
+from clipserve.preprocess.audio import WINDOW, AudioLimits, decode_audio, windows
+from clipserve.preprocess.budget import process_budget
 from clipserve.preprocess.text import ClipTokenizer
 from clipserve.settings import EngineSettings
 from clipserve.weights import (
@@ -47,6 +48,10 @@ PAIR_SCALES = {
 CPU_AUDIO_BATCH = 4
 """Clips per model call on a CPU: each 5-second window is a 3 × 341 × 392 "image" for ResNeXt-50."""
 INT16_RANGE = np.float32(32768)
+WINDOW_WEIGHT = math.ceil(4 * WINDOW / (3 * 224 * 224))
+"""A prepared 5-second window (220,500 float32 samples, 882 KB) holds as much memory as 6 prepared
+224 px images (uint8 crops, 150 KB): it counts as 6 items in a server's in-flight limit, so that
+limit bounds memory whatever the modality."""
 
 
 class AudioClipModel:
@@ -120,7 +125,7 @@ def export_audioclip_fp32(spec: ModelSpec, checkpoint: Path, target: Path) -> Pa
 
 def audio_tower(backend, settings: EngineSettings) -> Tower:
     """5-second windows per clip; a clip's vector is the mean of its windows' (each normalised)."""
-    limits = AudioLimits(settings.max_audio_s)
+    limits = AudioLimits(settings.max_audio_s, settings.max_decode_s, process_budget(settings.max_decode_mb))
 
     def prepare(item: Item) -> np.ndarray:
         if item.kind == "waveform":
@@ -135,4 +140,5 @@ def audio_tower(backend, settings: EngineSettings) -> Tower:
         return np.stack([embedded[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds)])
 
     max_batch = CPU_AUDIO_BATCH if settings.device == "cpu" else None
-    return Tower("audio", prepare, run, max_batch=max_batch, weight=math.ceil(settings.max_audio_s / 5))
+    weight = WINDOW_WEIGHT * math.ceil(settings.max_audio_s / 5)
+    return Tower("audio", prepare, run, max_batch=max_batch, weight=weight)

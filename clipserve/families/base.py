@@ -35,8 +35,8 @@ class Tower:
     max_batch: int | None = None
     """Most items per model call for this tower, below the ``batch_size`` setting (None: no cap)."""
     weight: int = 1
-    """How many items one of this modality counts for in a server's in-flight limit (an audio clip
-    counts as the 5-second windows it may hold: each is as heavy as a batch of images)."""
+    """How many items one of this modality counts for in a server's in-flight limit, by the memory
+    its prepared payload may hold (an audio clip: 6 per 5-second window it may hold)."""
 
 
 class Model(Protocol):

@@ -22,7 +22,14 @@ from clipserve.errors import InvalidInput, UnsupportedModel, echo
 from clipserve.families.base import Tower
 from clipserve.families.openclip_config import spec_from_hub_dir
 from clipserve.inputs import Item
-from clipserve.preprocess.image import DRAFT_MARGIN, ImageLimits, ImagePreprocessor, decode_image
+from clipserve.preprocess.budget import process_budget
+from clipserve.preprocess.image import (
+    DECODE_OVERHEAD,
+    DRAFT_MARGIN,
+    ImageLimits,
+    ImagePreprocessor,
+    decoded_image,
+)
 from clipserve.preprocess.text import BUILTIN_TOKENIZER, ClipTokenizer, HfTokenizer
 from clipserve.settings import EngineSettings
 from clipserve.weights import (
@@ -43,6 +50,9 @@ CPU_IMAGE_BATCH = 8
 fp32 33.3 at batch 8, 31.4 at 16, 30.8 at 32; int8 108.8, 111.3, 90.1. Batch 8 keeps the activation
 memory small (int8 server peak under 64 clients 390 MiB at 8, 448 at 16, 680 at 32). GPUs keep
 ``batch_size``: they need large batches."""
+
+TENSOR_DECODE_BYTES = 4
+"""Host bytes per pixel of torchvision's decode and resize of a JPEG (3.2 measured at 7000 x 7000)."""
 
 Tokenizer = ClipTokenizer | HfTokenizer
 
@@ -129,8 +139,7 @@ def image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettings) -> 
     if settings.tensor_preprocess:
         return tensor_image_tower(spec, backend, settings)
     preprocess = ImagePreprocessor(spec)
-    limits = ImageLimits(settings.max_pixels, settings.max_aspect_ratio)
-    limits.allow_in_pillow()
+    limits = image_limits(settings)
     expected_shape = (3, *spec.image_size)
     draft_edge = DRAFT_MARGIN * min(spec.image_size) if settings.fast_decode else None
 
@@ -168,8 +177,7 @@ def tensor_image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettin
     tensors = TensorImagePreprocessor(
         spec.image_size, spec.resize_mode, spec.interpolation, spec.mean, spec.std, backend.tensor_device
     )
-    limits = ImageLimits(settings.max_pixels, settings.max_aspect_ratio)
-    limits.allow_in_pillow()
+    limits = image_limits(settings)
     expected_shape = (3, *spec.image_size)
     how = "a batch per call" if tensors.batch_decode else "one per decode thread"
     log.info("tensor image preprocessing on %s: JPEGs decoded %s", tensors.device, how)
@@ -180,8 +188,11 @@ def tensor_image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettin
         if item.kind == "path":  # read once, for whichever path takes it
             with contextlib.suppress(OSError):  # unreadable: the exact path words the error
                 item = Item(item.index, item.modality, "bytes", item.value.read_bytes())
-        if item.kind == "bytes" and takes(item.value, limits, item.index):
-            return tensors.prepare(item.value, item.index)
+        if item.kind == "bytes" and (pixels := takes(item.value, limits, item.index)):
+            if tensors.batch_decode:  # decoded with its batch, in device memory
+                return tensors.prepare(item.value, item.index)
+            with limits.budget.reserve(TENSOR_DECODE_BYTES * pixels + DECODE_OVERHEAD):
+                return tensors.prepare(item.value, item.index)
         return exact_rgb(item, exact, limits, None)
 
     def run(batch: Sequence) -> np.ndarray:
@@ -192,18 +203,32 @@ def tensor_image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettin
     return Tower("image", prepare, run, max_batch=max_batch, finish=finish)
 
 
+def image_limits(settings: EngineSettings) -> ImageLimits:
+    """The image limits of ``settings``, with the process's decode budget (Pillow's own pixel
+    limit raised to them)."""
+    limits = ImageLimits(
+        settings.max_pixels,
+        settings.max_aspect_ratio,
+        settings.max_decode_s,
+        process_budget(settings.max_decode_mb),
+    )
+    limits.allow_in_pillow()
+    return limits
+
+
 def exact_rgb(
     item: Item, preprocess: ImagePreprocessor, limits: ImageLimits, draft_edge: int | None
 ) -> np.ndarray:
-    """The exact path of one image: decoded (guarded), resized and cropped uint8 ``[3, H, W]``."""
-    image = decode_image(item.value, item.index, limits, draft_edge)
-    try:
-        return preprocess.rgb(image)
-    except Exception as exc:  # resampling or mode conversion of a hostile image
-        raise InvalidInput(
-            f"cannot preprocess image of mode {image.mode}: {type(exc).__name__}: {echo(str(exc))}",
-            item.index,
-        ) from exc
+    """The exact path of one image: decoded (guarded), resized and cropped uint8 ``[3, H, W]``,
+    within the decode budget."""
+    with decoded_image(item.value, item.index, limits, draft_edge) as image:
+        try:
+            return preprocess.rgb(image)
+        except Exception as exc:  # resampling or mode conversion of a hostile image
+            raise InvalidInput(
+                f"cannot preprocess image of mode {image.mode}: {type(exc).__name__}: {echo(str(exc))}",
+                item.index,
+            ) from exc
 
 
 def check_pixels(item: Item, expected: tuple[int, ...], model: str) -> np.ndarray:

@@ -8,16 +8,18 @@ passes a :class:`DocWriter` for that. Everything else lives here, once.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clipserve.encoder import Encoder, clip_scores
 from clipserve.errors import ClipserveError, InvalidInput, echo
-from clipserve.inputs import AUDIO_RATE, Item, to_item
+from clipserve.inputs import AUDIO_RATE, Item, data_uri_modality, sniff_file, to_item, uri_kind
 
 PATH_PATTERN = re.compile(r"^(r|[cm]+)$")
 
@@ -88,6 +90,8 @@ class ExecutorCore:
     ``accepts``: the modalities this executor embeds; docs holding another one are left alone (an
     image encoder passes text docs through). ``preprocessed``: image tensors are model-ready
     ``[3, H, W]`` float pixels (the Hub executors' ``use_default_preprocessing=False``).
+    ``local_roots``: the directories whose files a doc's ``uri`` may name (none: no local file is
+    read; docs come from the network).
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class ExecutorCore:
         access_paths: str | Sequence[str] = "@r",
         batch_size: int = 32,
         preprocessed: bool = False,
+        local_roots: Sequence[str | Path] = (),
     ) -> None:
         self.encoder = encoder
         self.writer = writer
@@ -105,6 +110,7 @@ class ExecutorCore:
         self.access_paths = parse_paths(access_paths)
         self.batch_size = _positive(batch_size, "batch_size")
         self.preprocessed = preprocessed
+        self.local_roots = tuple(Path(os.path.realpath(Path(root).expanduser())) for root in local_roots)
 
     # -- endpoints ---------------------------------------------------------------------------------
 
@@ -190,7 +196,7 @@ class ExecutorCore:
         ``accepts`` that the executor passes over (unless ``required``: then that is an error
         naming the doc). A modality the model lacks is always an error."""
         try:
-            item = self._item(doc, index)
+            item = self._item(doc, index, accepts)
             if item is None:
                 if required:
                     raise InvalidInput("has no text, blob, tensor or uri to embed")
@@ -206,9 +212,8 @@ class ExecutorCore:
             raise _naming(doc, exc) from None
         return Job(doc, item)
 
-    def _item(self, doc: Any, index: int) -> Item | None:
+    def _item(self, doc: Any, index: int, accepts: Sequence[str]) -> Item | None:
         text, blob, tensor, uri = self._content(doc) or (None, None, None, None)
-        allow_url = self.encoder.settings.allow_url
         if text:
             return Item(index, "text", "text", text)
         if blob:
@@ -216,16 +221,33 @@ class ExecutorCore:
         if tensor is not None:
             return self._tensor_item(index, doc, np.asarray(tensor))
         if uri:
-            item = to_item(index, uri, allow_url)
-            if item.kind == "text":
-                raise InvalidInput(
-                    f"uri {echo(uri)!r} is neither an existing file, a data URI nor an allowed URL"
-                    + ("" if allow_url else " (URLs are off: set CLIPSERVE_ALLOW_URL=1 to fetch them)")
-                )
-            if item.kind == "url" and len(self.accepts) == 1:  # an audio encoder's URLs hold audio
-                return Item(index, self.accepts[0], "url", item.value)
-            return item
+            return self._uri_item(index, str(uri), accepts)
         return None
+
+    def _uri_item(self, index: int, uri: str, accepts: Sequence[str]) -> Item | None:
+        """A data URI, a URL (when allowed) or a local file under :attr:`local_roots`. Every other
+        local path gets one refusal, whether or not it exists: a document's sender learns nothing
+        of this machine's files. An executor of text only reads no uri (the doc passes over)."""
+        kind = uri_kind(uri)
+        if kind == "data_uri":
+            return Item(index, data_uri_modality(uri, index), "data_uri", uri)
+        if not {"image", "audio"} & set(accepts):
+            return None
+        if kind == "url":
+            if not self.encoder.settings.allow_url:
+                raise InvalidInput(
+                    f"uri {echo(uri)!r} is a URL, and URLs are off: set CLIPSERVE_ALLOW_URL=1 to fetch them"
+                )
+            media = [m for m in self.accepts if m != "text"]
+            return Item(index, media[0] if len(media) == 1 else "image", "url", uri)
+        path = Path(os.path.realpath(uri.removeprefix("file://")))
+        if not any(path.is_relative_to(root) for root in self.local_roots):
+            where = ", ".join(map(str, self.local_roots)) or "none are set"
+            raise InvalidInput(
+                f"uri {echo(uri)!r} names a local file; this executor reads local files only under "
+                f"local_file_roots ({where})"
+            )
+        return Item(index, sniff_file(path), "path", path)
 
     def _tensor_item(self, index: int, doc: Any, tensor: np.ndarray) -> Item:
         if "audio" in self.accepts and _is_waveform(tensor):

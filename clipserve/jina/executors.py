@@ -1,5 +1,8 @@
 """The executors' constructors: the Hub's and clip-as-service's parameters mapped onto clipserve.
 
+Docs arrive from the network, so a doc's ``uri`` may name a local file only under the directories
+of ``local_file_roots`` (or ``CLIPSERVE_LOCAL_FILE_ROOTS``); by default none is read.
+
 Each class here is a mixin without Jina: a docarray shell (:mod:`clipserve.jina.v1`,
 :mod:`clipserve.jina.v2`) combines it with its endpoints into a Jina ``Executor``. Every option
 not given falls back to its ``CLIPSERVE_*`` environment variable, as everywhere in clipserve.
@@ -8,6 +11,7 @@ not given falls back to its ``CLIPSERVE_*`` environment variable, as everywhere 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,17 @@ IGNORED = {
     "jit": "the backend setting (CLIPSERVE_BACKEND) chooses how the model runs",
 }
 """Parameters of the old executors that clipserve takes but has no use for, and why."""
+LOCAL_ROOTS_VARIABLE = "CLIPSERVE_LOCAL_FILE_ROOTS"
+
+
+def local_roots(given: Sequence[str] | str | None) -> list[str]:
+    """The directories a doc's ``uri`` may name files in: the ``local_file_roots`` parameter, else
+    ``CLIPSERVE_LOCAL_FILE_ROOTS`` (``os.pathsep``-separated); none by default."""
+    if given is None:
+        given = os.environ.get(LOCAL_ROOTS_VARIABLE, "")
+    if isinstance(given, str):
+        given = given.split(os.pathsep)
+    return [root for root in given if root]
 
 
 def open_encoder(
@@ -57,10 +72,16 @@ class ClipserveExecutor:
     writer: DocWriter
     core: ExecutorCore
 
-    def _start(self, encoder: Encoder, legacy: dict[str, Any], **core_options: Any) -> None:
+    def _start(
+        self,
+        encoder: Encoder,
+        legacy: dict[str, Any],
+        roots: Sequence[str] | str | None,
+        **core_options: Any,
+    ) -> None:
         for name in sorted(set(legacy) & set(IGNORED)):
             log.warning("%s: parameter %s is ignored: %s", type(self).__name__, name, IGNORED[name])
-        self.core = ExecutorCore(encoder, self.writer, **core_options)
+        self.core = ExecutorCore(encoder, self.writer, local_roots=local_roots(roots), **core_options)
         log.info("%s runs %s", type(self).__name__, encoder.info())
 
     def close(self) -> None:
@@ -86,6 +107,7 @@ class CLIPImageEncoderMixin(ClipserveExecutor):
         device: str | None = None,
         batch_size: int = 32,
         traversal_paths: str | Sequence[str] = "@r",
+        local_file_roots: Sequence[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
         legacy, rest = _split(kwargs)
@@ -93,6 +115,7 @@ class CLIPImageEncoderMixin(ClipserveExecutor):
         self._start(
             open_encoder(pretrained_model_name_or_path, device=device),
             legacy,
+            local_file_roots,
             accepts=("image",),
             access_paths=traversal_paths,
             batch_size=batch_size,
@@ -116,6 +139,7 @@ class CLIPTextEncoderMixin(ClipserveExecutor):
         self._start(
             open_encoder(pretrained_model_name_or_path, device=device),
             legacy,
+            None,
             accepts=("text",),
             access_paths=traversal_paths,
             batch_size=batch_size,
@@ -142,6 +166,7 @@ class CLIPEncoderMixin(ClipserveExecutor):
         model_path: str | None = None,
         dtype: str | None = None,
         traversal_paths: str | Sequence[str] | None = None,
+        local_file_roots: Sequence[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
         legacy, rest = _split(kwargs)
@@ -157,6 +182,7 @@ class CLIPEncoderMixin(ClipserveExecutor):
         self._start(
             encoder,
             legacy,
+            local_file_roots,
             accepts=encoder.modalities,
             access_paths=traversal_paths or access_paths,
             batch_size=minibatch_size,
@@ -182,6 +208,7 @@ class AudioCLIPMixin(ClipserveExecutor):
         default_traversal_paths: str | Sequence[str] = ("r",),
         default_batch_size: int = 32,
         device: str | None = None,
+        local_file_roots: Sequence[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
         legacy, rest = _split(kwargs)
@@ -191,6 +218,7 @@ class AudioCLIPMixin(ClipserveExecutor):
         self._start(
             open_encoder(name, device=device, weights=model_path if given else None),
             legacy,
+            local_file_roots,
             accepts=self.accepts,
             access_paths=default_traversal_paths,
             batch_size=default_batch_size,

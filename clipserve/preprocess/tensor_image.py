@@ -36,17 +36,17 @@ from clipserve.preprocess.image import JPEG_FORMATS, ImageLimits, allowed_format
 INTERPOLATION = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
 
-def takes(data: bytes, limits: ImageLimits, index: int | None) -> bool:
-    """True for a baseline colour JPEG, checked from its header (the tensor path takes it), False
-    for what the exact path takes; a JPEG over the limits is :class:`InvalidInput`."""
+def takes(data: bytes, limits: ImageLimits, index: int | None) -> int:
+    """The pixels of a baseline colour JPEG, checked from its header (the tensor path takes it), or
+    0 for what the exact path takes; a JPEG over the limits is :class:`InvalidInput`."""
     try:
         header = Image.open(io.BytesIO(data), formats=allowed_formats())
     except Exception:
-        return False  # not an image in an accepted format: the exact path words the error
+        return 0  # not an image in an accepted format: the exact path words the error
     if header.format not in JPEG_FORMATS or header.mode != "RGB" or header.info.get("progressive"):
-        return False
+        return 0
     limits.check(header.size, index)
-    return True
+    return header.width * header.height
 
 
 def batch_decodes(device: torch.device) -> bool:

@@ -24,7 +24,7 @@ from ray import serve
 from ray.serve import Application
 
 from clipserve.inputs import Item
-from clipserve.resources import limit_malloc_arenas
+from clipserve.resources import tune_malloc
 from clipserve.server.app import create_app
 from clipserve.settings import ServerSettings, resolve
 
@@ -40,7 +40,7 @@ class ClipserveReplica:
     """One replica: one model on its device, serving clipserve's FastAPI app."""
 
     def __init__(self, settings: ServerSettings) -> None:
-        limit_malloc_arenas()
+        tune_malloc()
         self.asgi_app = create_app(settings)  # loads the model: the replica is not ready before
         self.models = self.asgi_app.state.models
         log.info("replica %s serves %s", os.getpid(), ", ".join(self.models.models))

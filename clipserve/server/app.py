@@ -4,18 +4,15 @@ Routes read as plainly as the operations: parse the body into items, let the
 :class:`~clipserve.server.service.EncodingService` embed them, shape the answer. Errors users can
 cause become ``{"error", "detail", "index"}`` with a 4xx status in one place (``_error_response``).
 
-Before a route runs, :class:`RequestGuard` checks the API key, refuses bodies over the size limit
-and work beyond the in-flight limit, all before a byte of the body is read; JSON bodies are then
-parsed off the event loop (:class:`OffLoopJSONRoute`).
+Before a route runs, :class:`~clipserve.server.guard.RequestGuard` checks the API key and the
+declared body size, and counts the body's bytes as they arrive; JSON bodies are bounded, then
+parsed off the event loop (:class:`~clipserve.server.guard.OffLoopJSONRoute`).
 """
 
 import base64
-import hmac
 import io
 import itertools
 import logging
-import re
-import time
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
@@ -25,17 +22,22 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from clipserve.encoder import clip_scores
-from clipserve.errors import ClipserveError, InvalidInput, Overloaded, RequestTooLarge, Unauthorized, echo
+from clipserve.errors import ClipserveError, InvalidInput, echo
 from clipserve.inputs import Item, openai_item
 from clipserve.server import schemas
+from clipserve.server.guard import (
+    DOCS_ASSETS,
+    JSON_VALUES_PER_ITEM,
+    OffLoopJSONRoute,
+    RequestGuard,
+    error_response,
+)
 from clipserve.server.metrics import Metrics
 from clipserve.server.models import ModelPool, ServedModel
 from clipserve.settings import ServerSettings
@@ -43,26 +45,7 @@ from clipserve.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 NPY = "application/x-npy"
-OPEN_PATHS = frozenset(
-    {"/healthz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/", "/playground"}
-)
-"""Paths without the API key: health, the API docs and the playground's page (which asks for the key)."""
-DOCS_ASSETS = "/static-offline-docs"
 PLAYGROUND = Path(__file__).parent / "playground"
-OPEN_PREFIXES = (DOCS_ASSETS + "/", "/playground/static/")
-PAGES = frozenset({"/", "/playground", "/docs", "/redoc"})
-PAGE_POLICY = (
-    b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    b"img-src 'self' data: blob:; worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'"
-)
-"""The HTML pages may load nothing from elsewhere: ReDoc's bundle links a logo on its CDN."""
-INLINE_JSON_BYTES = 64 * 1024
-"""Bodies up to this size are parsed on the event loop (faster than a thread hop); larger ones off it."""
-RETRY_AFTER_S = "1"
-SERVED_BY_HEADER = b"x-clipserve-model"
-"""On every answer of the app: the model that answered (and, behind a proxy, that the app did)."""
-JSON_VALUES_PER_ITEM = 4
-"""An item is an object with one key, and a comma: 3 structural characters; 4 leaves slack."""
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -94,12 +77,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.exception_handler(ClipserveError)
     async def clipserve_error(request: Request, exc: ClipserveError) -> JSONResponse:
         return _error_response(
-            request, exc.http_status, type(exc).__name__, str(exc), getattr(exc, "index", None)
+            request,
+            exc.http_status,
+            type(exc).__name__,
+            str(exc),
+            getattr(exc, "index", None),
+            getattr(exc, "retry_after_s", None),
         )
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        name = (
+        name = getattr(exc, "error", None) or (
             "RequestTooLarge"
             if exc.status_code == 413
             else HTTPStatus(exc.status_code).phrase.replace(" ", "")
@@ -255,173 +243,19 @@ def describe_validation_error(first: dict) -> tuple[int, str, str, int | None]:
     return 422, "InvalidRequest", f"{where}: {echo(first['msg'], 300)}", index
 
 
-JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-STRUCTURAL = (b"{", b"[", b",", b":")
-
-
-def check_json_values(body: bytes, limit: int) -> None:
-    """Refuse a body that would parse into more than about ``limit`` JSON values, before parsing it.
-
-    Parsing materialises every value: 16 MB of ``{},{},…`` are 5 million dicts and ~1.4 GB. The
-    structural characters outside strings bound the number of values; counting them costs little,
-    and strings are only stripped (a regular expression) when the quick count over the whole body
-    is already over the limit.
-    """
-
-    def count(data: bytes) -> int:
-        return sum(data.count(c) for c in STRUCTURAL)
-
-    if count(body) > limit and count(JSON_STRING.sub(b"", body)) > limit:
-        # an HTTPException: FastAPI turns any other error raised while parsing a body into a 400
-        raise HTTPException(
-            413, f"the body holds more JSON values than {limit}, more than the item limit allows"
-        )
-
-
-def parse_json(body: bytes, limit: int):
-    check_json_values(body, limit)
-    return orjson.loads(body)
-
-
-class OffLoopJSONRequest(Request):
-    """Parses a large JSON body on a worker thread with orjson, so the event loop keeps serving,
-    after a bound on the number of values it holds (``app.state.max_json_values``)."""
-
-    async def json(self):
-        if not hasattr(self, "_json"):
-            body = await self.body()
-            limit = self.app.state.max_json_values
-            self._json = (
-                parse_json(body, limit)
-                if len(body) <= INLINE_JSON_BYTES
-                else await run_in_threadpool(parse_json, body, limit)
-            )
-        return self._json
-
-
-class OffLoopJSONRoute(APIRoute):
-    """A route whose JSON body is parsed by :class:`OffLoopJSONRequest`."""
-
-    def get_route_handler(self):
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            return await handler(OffLoopJSONRequest(request.scope, request.receive))
-
-        return route
-
-
 def _json(content: dict) -> Response:
     """JSON with numpy arrays serialised natively (orjson): vectors are most of every answer."""
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def _error_response(
-    request: Request, status: int, error: str, detail: str, index: int | None
+    request: Request,
+    status: int,
+    error: str,
+    detail: str,
+    index: int | None,
+    retry_after_s: float | None = None,
 ) -> JSONResponse:
     """``{"error", "detail", "index"}``; on the OpenAI routes (``/v1/...``) OpenAI's error shape."""
-    return error_response(
-        request.url.path, request.scope.setdefault("state", {}), status, error, detail, index
-    )
-
-
-def error_response(
-    path: str, state: dict, status: int, error: str, detail: str, index: int | None
-) -> JSONResponse:
-    """The error answer (shared with :class:`RequestGuard`, which answers before routing)."""
-    state["error"] = error
-    detail = echo(detail, 2000)
-    headers = {}
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    if status == Overloaded.http_status:
-        headers["Retry-After"] = RETRY_AFTER_S
-    if path.startswith("/v1/"):
-        body = {"error": {"message": detail, "type": error, "param": None, "code": index}}
-    else:
-        body = {"error": error, "detail": detail, "index": index}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-class BodyTooLarge(HTTPException):
-    """Raised while the body streams in; FastAPI passes HTTPExceptions through its body parsing."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body over the {limit}-byte limit")
-
-
-class RequestGuard:
-    """ASGI middleware, before any route: API key, body size, in-flight bytes; and the metrics."""
-
-    def __init__(self, app, settings: ServerSettings, metrics: Metrics, default: ServedModel) -> None:
-        self.app, self.metrics, self.default = app, metrics, default
-        api_key = settings.resolved_api_key()
-        self.api_key = api_key.encode() if api_key is not None else None
-        self.max_bytes = settings.max_body_bytes
-        self.max_inflight = settings.max_inflight_bytes
-        self.inflight = 0
-
-    def admit(self, scope) -> int:
-        """The body bytes the request reserves; raises why it is refused before its body is read."""
-        headers = dict(scope["headers"])
-        path = scope["path"]
-        if self.api_key is not None and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + self.api_key):
-                raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
-        if b"content-length" in headers:
-            reserve = int(headers[b"content-length"])  # the HTTP server has checked it is a number
-            if reserve > self.max_bytes:
-                raise RequestTooLarge(BodyTooLarge(self.max_bytes).detail)
-        else:  # streamed: it may grow to the limit
-            reserve = 0 if scope["method"] in ("GET", "HEAD") else self.max_bytes
-        if self.inflight and self.inflight + reserve > self.max_inflight:  # one request always fits
-            raise Overloaded(f"{self.inflight} request bytes are being handled; retry later")
-        return reserve
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start, status = time.perf_counter(), 500
-        state = scope.setdefault("state", {})
-        received = 0
-
-        async def capped_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise BodyTooLarge(self.max_bytes)
-            return message
-
-        async def recording_send(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                model = state.get("model", self.default)
-                added = [(SERVED_BY_HEADER, model.name.encode())]
-                if scope["path"] in PAGES:
-                    added.append((b"content-security-policy", PAGE_POLICY))
-                message = {**message, "headers": [*message.get("headers", []), *added]}
-            await send(message)
-
-        reserved = 0
-        try:
-            try:
-                reserved = self.admit(scope)
-            except ClipserveError as error:
-                answer = error_response(
-                    scope["path"], state, error.http_status, type(error).__name__, str(error), None
-                )
-                await answer(scope, receive, recording_send)
-                return
-            self.inflight += reserved
-            await self.app(scope, capped_receive, recording_send)
-        finally:
-            self.inflight -= reserved
-            route = getattr(scope.get("route"), "path", "unmatched")
-            model = state.get("model", self.default)
-            self.metrics.request(
-                route, status, time.perf_counter() - start, state.get("error"), model.metrics.served
-            )
+    state = request.scope.setdefault("state", {})
+    return error_response(request.url.path, state, status, error, detail, index, retry_after_s)

@@ -143,6 +143,10 @@ class ModelMetrics:
         if self._info_labels is not None:
             self.metrics.info.remove(*self._info_labels.values())
             self._info_labels = None
+        self.stop_watching()
+
+    def stop_watching(self) -> None:
+        """Drop the queue gauges (their functions hold the model's batchers, and so the model)."""
         for modality in self._watched:
             self.metrics.queue_depth.remove(modality, *self.served.values())
         self._watched.clear()

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 GIB = 1024**3
 LONGEST_IDLE_CHECK_S = 5.0
+LOAD_RETRY_S = (5.0, 300.0)
+"""After a failed load the next is tried this many seconds later, doubling from the first value after
+each further failure, up to the second: a broken model costs a load now and then, not one per request."""
 
 
 class ModelState(StrEnum):
@@ -52,6 +55,11 @@ class ServedModel:
         self.memory_bytes: int | None = None
         """Resident memory its last load added to the server."""
         self.error: str | None = None
+        """Why the last load failed, for clients: the kind of error only (the log has the rest)."""
+        self.failures = 0
+        self.retry_at = 0.0
+        """After a failed load: when the next may start."""
+        self.loaded_at = 0.0
         self.modalities: tuple[str, ...] = ()
         self.info: dict[str, object] = {
             "model": spec.name,
@@ -77,8 +85,21 @@ class ServedModel:
             "modalities": list(self.modalities),
             "memory_mib": memory,
             "idle_s": round(time.monotonic() - self.last_used, 1) if self.users == 0 else 0.0,
-            **({"error": self.error} if self.error else {}),
+            **({"error": self.error, "retry_in_s": self.retry_in()} if self.error else {}),
         }
+
+    def retry_in(self) -> float:
+        """Seconds until a failed model's next load may start (0 when it may now)."""
+        return round(max(0.0, self.retry_at - time.monotonic()), 1)
+
+    def unavailable(self) -> ModelUnavailable:
+        """What a request gets while the model's last load failed: no paths, no details."""
+        wait = self.retry_in()
+        return ModelUnavailable(
+            f"model {self.name} failed to load ({self.error}); the server's log says why; "
+            f"next attempt in {wait:g} s",
+            retry_after_s=max(1.0, wait),
+        )
 
 
 def served_labels(spec: ModelSpec, settings: EngineSettings) -> dict[str, str]:
@@ -140,7 +161,13 @@ class ModelPool:
         """Load the default model, or every one with ``preload``; a failure stops the server's start."""
         for model in self.models.values():
             if model is self.default or self.settings.preload:
-                self._attach(model, *self._build(model))
+                try:
+                    built = self._build(model)
+                except ClipserveError:
+                    raise  # the operator's console: the whole message, paths included
+                except Exception as exc:
+                    raise ModelUnavailable(f"model {model.name} could not be loaded: {exc}") from exc
+                self._attach(model, *built)
                 if self._over(0):
                     raise self._refusal(model, 0)
 
@@ -151,18 +178,27 @@ class ModelPool:
             self._reaper = asyncio.get_running_loop().create_task(self._unload_idle(ttl))
 
     async def close(self) -> None:
+        """Stop the reaper and every loaded model, and give their memory back (the app object may
+        outlive the server: web frameworks cache its route functions)."""
         if self._reaper is not None:
             self._reaper.cancel()
         for model in self.models.values():
             if model.service is not None:
-                await model.service.close()
-                model.service = None
+                service, model.service = model.service, None
+                model.state = ModelState.UNLOADED
+                model.metrics.stop_watching()
+                await self._dispose(service)
         self._loader.shutdown(wait=True)
 
     async def _load(self, model: ServedModel) -> None:
+        if model.state is ModelState.FAILED and model.retry_in() > 0:
+            raise model.unavailable()
         await self._make_room(model, model.memory_bytes or 0)
         model.state = ModelState.LOADING
-        built = await asyncio.get_running_loop().run_in_executor(self._loader, self._build, model)
+        try:
+            built = await asyncio.get_running_loop().run_in_executor(self._loader, self._build, model)
+        except Exception:
+            raise model.unavailable() from None
         self._attach(model, *built)
         if self._over(0):
             try:
@@ -175,19 +211,21 @@ class ModelPool:
                 ) from None
 
     def _build(self, model: ServedModel) -> tuple[Encoder, int]:
-        """The model's encoder and the resident memory its load added (on the loader thread)."""
+        """The model's encoder and the resident memory its load added (on the loader thread). A
+        failure is logged whole and remembered by its kind only, with the time of the next try."""
         before = resident_bytes()
         started = time.perf_counter()
         try:
             # Idle inference threads must not spin: request handling needs those cycles.
             encoder = Encoder(settings=model.settings, spin=False)
         except Exception as exc:
-            model.state, model.error = ModelState.FAILED, str(exc)
+            first, most = LOAD_RETRY_S
+            model.failures += 1
+            model.retry_at = time.monotonic() + min(most, first * 2 ** (model.failures - 1))
+            model.state, model.error = ModelState.FAILED, type(exc).__name__
             model.metrics.load("failed")
-            log.error("loading %s failed: %s", model.name, exc)
-            if isinstance(exc, ClipserveError):
-                raise
-            raise ModelUnavailable(f"model {model.name} could not be loaded: {exc}") from exc
+            log.error("loading %s failed (next attempt in %.0f s): %s", model.name, model.retry_in(), exc)
+            raise
         memory = max(0, resident_bytes() - before)
         log.info("loaded %s in %.1f s (+%.0f MiB)", model.name, time.perf_counter() - started, memory / 2**20)
         return encoder, memory
@@ -197,8 +235,8 @@ class ModelPool:
         model.memory_bytes = memory
         model.info = {k: v for k, v in encoder.info().items() if k != "weights"}
         model.modalities = encoder.modalities
-        model.state, model.error = ModelState.READY, None
-        model.last_used = time.monotonic()
+        model.state, model.error, model.failures = ModelState.READY, None, 0
+        model.last_used = model.loaded_at = time.monotonic()
         model.metrics.load("ok", encoder.info(), memory)
         log.info("serving %s", model.info)
 
@@ -231,8 +269,10 @@ class ModelPool:
         )
 
     async def _make_room(self, model: ServedModel, need: int) -> None:
-        """Check that ``need`` more bytes fit the memory bound, evicting idle models if allowed."""
+        """Check that ``need`` more bytes fit the memory bound, evicting idle models if allowed
+        (those loaded at least ``min_residency_s`` ago)."""
         while self._over(need):
+            now = time.monotonic()
             idle = [
                 m
                 for m in self.models.values()
@@ -240,7 +280,17 @@ class ModelPool:
             ]
             if self.settings.memory_policy != "evict" or not idle:
                 raise self._refusal(model, need)
-            await self._dispose(self._detach(min(idle, key=lambda m: m.last_used), "memory"))
+            residency = self.settings.min_residency_s
+            settled = [m for m in idle if now - m.loaded_at >= residency]
+            if not settled:
+                wait = min(residency - (now - m.loaded_at) for m in idle)
+                model.metrics.load("refused")
+                raise ModelUnavailable(
+                    f"loading {model.name} needs an idle model evicted, and those loaded less than "
+                    f"min_residency_s={residency:g} ago stay; retry in {wait:.0f} s",
+                    retry_after_s=max(1.0, wait),
+                )
+            await self._dispose(self._detach(min(settled, key=lambda m: m.last_used), "memory"))
 
     async def _unload_idle(self, ttl: float) -> None:
         period = min(max(ttl / 4, 0.05), LONGEST_IDLE_CHECK_S)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from clipserve.server.app import SERVED_BY_HEADER, error_response
+from clipserve.server.guard import SERVED_BY_HEADER, error_response
 
 PROXY_LOG = logging.getLogger("ray.serve")
 """Ray's own logger in its proxy: what the middleware says lands in the proxy's log."""

@@ -8,6 +8,7 @@ of concurrent requests share model calls through one :class:`DynamicBatcher` per
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -70,6 +71,26 @@ class EncodingService:
                 f"{len(urls)} URL items in one request; the limit is {self.settings.max_urls}", urls[-1].index
             )
 
+    def admit(self, items: list[Item]) -> int:
+        """The request's weight in the in-flight limit, once it is known to fit: 413 for a request
+        heavier than the limit by itself, 503 when the work in flight or a queue it needs is full
+        (checked before anything is prepared, so a refused request costs nothing)."""
+        towers = self.pipeline.model.towers
+        weight = sum(towers[item.modality].weight if item.modality in towers else 1 for item in items)
+        limit = self.settings.max_inflight_items
+        if weight > limit:
+            heavy = {m: t.weight for m, t in towers.items() if t.weight > 1}
+            counts = "".join(f"; an {m} item counts as {w}" for m, w in heavy.items())
+            raise RequestTooLarge(
+                f"the request weighs {weight} items (max_inflight_items is {limit}{counts})"
+            )
+        if self._inflight_items and self._inflight_items + weight > limit:
+            raise Overloaded(f"{self._inflight_items} items are being handled; retry later")
+        for modality, count in Counter(item.modality for item in items).items():
+            if modality in self.batchers:
+                self.batchers[modality].check_room(count)
+        return weight
+
     async def embed(self, items: list[Item]) -> tuple[np.ndarray, int]:
         """Vectors for ``items`` in order, and the number of text tokens they used.
 
@@ -78,10 +99,7 @@ class EncodingService:
         JPEG only when its batch is decoded; the request's other items are embedded by then.)
         """
         self.check_request(items)
-        towers = self.pipeline.model.towers
-        weight = sum(towers[item.modality].weight if item.modality in towers else 1 for item in items)
-        if self._inflight_items and self._inflight_items + weight > self.settings.max_inflight_items:
-            raise Overloaded(f"{self._inflight_items} items are being handled; retry later")
+        weight = self.admit(items)
         self._inflight_items += weight
         try:
             cached = {p: hit for p, item in enumerate(items) if (hit := self.pipeline.cached_text(item))}

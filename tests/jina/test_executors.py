@@ -45,9 +45,17 @@ def flow(executor, **uses_with) -> Flow:
 
 
 @pytest.fixture(scope="module")
-def clip_flow():
-    """clip-as-service's executor on the random ViT-B-32 export."""
-    with flow(CLIPOnnxEncoder, name="ViT-B-32::openai", model_path=VIT) as running:
+def doc_files(tmp_path_factory):
+    """The one directory whose files the docs of ``clip_flow`` may name by ``uri``."""
+    return tmp_path_factory.mktemp("doc-files")
+
+
+@pytest.fixture(scope="module")
+def clip_flow(doc_files):
+    """clip-as-service's executor on the random ViT-B-32 export, reading local files of ``doc_files``."""
+    with flow(
+        CLIPOnnxEncoder, name="ViT-B-32::openai", model_path=VIT, local_file_roots=[str(doc_files)]
+    ) as running:
         yield running
 
 
@@ -79,10 +87,10 @@ def test_text(clip_encoder) -> None:
     assert_same(result, clip_encoder.encode_text(texts))
 
 
-def test_onnx_encoder_mixed_batch(clip_flow, clip_encoder, tmp_path) -> None:
+def test_onnx_encoder_mixed_batch(clip_flow, clip_encoder, doc_files) -> None:
     """The CLIPOnnxEncoder snippet: text, a path, a loaded tensor, bytes and a data URI at once."""
     image = photo("coffee.png")
-    path = tmp_path / "coffee.png"
+    path = doc_files / "coffee.png"
     path.write_bytes(png_bytes(image))
     data_uri = "data:image/png;base64," + base64.b64encode(png_bytes(photo("horse.png"))).decode()
     batch = docs(
@@ -206,6 +214,43 @@ def test_urls_follow_the_servers_rules(clip_flow, clip_encoder, loopback_files) 
     assert_same(result, clip_encoder.encode_image([image]))
 
 
+def test_docs_name_local_files_only_under_the_roots(clip_encoder, doc_files, tmp_path, monkeypatch) -> None:
+    """A doc's uri is the sender's word: a private file outside the roots is refused, with the same
+    words as a missing one, and a symlink in a root cannot lead out of it."""
+    private = tmp_path / "private.png"
+    private.write_bytes(png_bytes(photo("coins.png")))
+    private.chmod(0o600)
+    escape = doc_files / "escape.png"
+    escape.symlink_to(private)
+    inside = doc_files / "grass.png"
+    inside.write_bytes(png_bytes(photo("grass.png")))
+    for roots, expected in (([], "none are set"), ([str(doc_files)], str(doc_files))):
+        executor = CLIPEncoder(name="ViT-B-32::openai", model_path=VIT, local_file_roots=roots)
+        answers = {}
+        for name, uri in (
+            ("private", str(private)),
+            ("missing", str(tmp_path / "missing.png")),
+            ("link", str(escape)),
+            ("relative", "../" * 12 + str(private).lstrip("/")),
+        ):
+            with pytest.raises(Exception, match="reads local files only under local_file_roots") as info:
+                asyncio.run(executor.encode(docs([doc(uri=uri)]), parameters={}))
+            answers[name] = str(info.value).replace(uri, "URI").split(": ", 1)[1]
+            assert expected in answers[name]
+        assert len(set(answers.values())) == 1, answers  # one answer, whether the file exists or not
+        if roots:
+            batch = docs([doc(uri=str(inside)), doc(uri=f"file://{inside}")])
+            asyncio.run(executor.encode(batch, parameters={}))
+            assert_same(batch, clip_encoder.encode_image([photo("grass.png")] * 2))
+        executor.close()
+    monkeypatch.setenv("CLIPSERVE_WEIGHTS", VIT)
+    text_only = CLIPTextEncoder(pretrained_model_name_or_path="ViT-B/32")
+    passed = docs([doc(uri=str(private)), doc(text="read")])
+    asyncio.run(text_only.encode(passed, parameters={}))  # a text encoder reads no uri: passed over
+    assert embedding(passed[0]) is None and embedding(passed[1]) is not None
+    text_only.close()
+
+
 def test_unknown_model_fails_at_start_with_close_names() -> None:
     with pytest.raises(UnknownModel, match="Did you mean: ViT-B-32::openai"):
         CLIPEncoder(name="ViT-B-33::openai")
@@ -259,10 +304,11 @@ def test_audioclip_trio(audioclip_encoder, tmp_path) -> None:
     flac = io.BytesIO()
     soundfile.write(flac, tone(220, 6.0), 44_100, format="FLAC")
     image = photo("horse.png")
+    reading = {"model_path": AUDIOCLIP, "local_file_roots": [str(tmp_path)]}
     trio = (
         Flow(host="127.0.0.1")
-        .add(uses=AudioCLIPEncoder, uses_with={"model_path": AUDIOCLIP}, name="audio")
-        .add(uses=AudioCLIPImageEncoder, uses_with={"model_path": AUDIOCLIP}, name="image")
+        .add(uses=AudioCLIPEncoder, uses_with=reading, name="audio")
+        .add(uses=AudioCLIPImageEncoder, uses_with=reading, name="image")  # it opens the wav to tell
         .add(uses=AudioCLIPTextEncoder, uses_with={"model_path": AUDIOCLIP}, name="text")
     )
     batch = docs(
