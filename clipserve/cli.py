@@ -137,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from clipserve.families.transformers_config import ARCHITECTURES
+
     specs = list_models()
     columns = [
         ("name", lambda s: s.name),
@@ -150,6 +152,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     widths = [max(len(title), *(len(row[i]) for row in cells)) for i, (title, _) in enumerate(columns)]
     for row in [[title for title, _ in columns], *cells]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(
+        "\nAlso any Hugging Face transformers model of these classes: "
+        + ", ".join(ARCHITECTURES)
+        + ". Give its directory (as save_pretrained writes it, with its processor and tokenizer) or "
+        "its hub repo: --model /path/to/model-directory, or --model owner/repo; NAME=PATH names one "
+        "in a server of several."
+    )
     print(
         "\nprecisions: "
         + "; ".join(
@@ -234,10 +243,10 @@ def _age(timestamp: float) -> str:
 
 def encode_on_ray(args: argparse.Namespace, settings: EngineSettings) -> int:
     """``clipserve encode --ray``: the job of :func:`clipserve.ray.data.run_job`."""
+    from clipserve.families import resolve_model
     from clipserve.ray.data import entries_from, run_job
-    from clipserve.zoo import get_spec
 
-    hears = get_spec(settings.model).family == "audioclip"
+    hears = resolve_model(settings)[0].family == "audioclip"
     entries = entries_from(args.paths, args.text, lambda p: is_image_path(p) or (hears and is_audio_path(p)))
     report = run_job(
         entries,

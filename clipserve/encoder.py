@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from clipserve.errors import InvalidInput
-from clipserve.families import load_model
+from clipserve.families import load_model, resolve_model
 from clipserve.inputs import AUDIO_RATE, Item, to_item
 from clipserve.pipeline import Pipeline
 from clipserve.settings import EngineSettings, options_doc, resolve
-from clipserve.zoo import ModelSpec, get_spec
+from clipserve.zoo import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,9 @@ class Encoder:
             settings = resolve(EngineSettings, model=model, **options)
         if settings.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {settings.batch_size}")
+        spec, settings = resolve_model(settings)
         self.settings = settings
-        self.pipeline = Pipeline(load_model(get_spec(settings.model), settings, spin), settings)
+        self.pipeline = Pipeline(load_model(spec, settings, spin), settings)
 
     @property
     def spec(self) -> ModelSpec:

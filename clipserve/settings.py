@@ -36,7 +36,11 @@ def setting(default: Any, help: str, *, flag: bool = True) -> Any:
 class EngineSettings:
     """What to run and the limits on what it accepts; the arguments of ``Encoder``."""
 
-    model: str = setting(DEFAULT_MODEL, "zoo name ARCH::TAG (`clipserve models` lists them)")
+    model: str = setting(
+        DEFAULT_MODEL,
+        "zoo name ARCH::TAG (`clipserve models` lists them), a transformers model directory or hub repo "
+        "(owner/name), a clipserve export, or an OpenAI clip checkpoint file",
+    )
     backend: str = setting("onnx", "onnx (ONNX Runtime; no torch needed once exported) or torch")
     device: str = setting("cpu", "cpu, cuda[:N] or tensorrt[:N] (onnx); a missing one is an error")
     precision: str = setting(
@@ -45,8 +49,8 @@ class EngineSettings:
     )
     weights: str | None = setting(
         None,
-        "checkpoint file, model directory in the hub layout, or exported ONNX directory "
-        "(else the cache, then the hub)",
+        "checkpoint file, model directory (open_clip's hub layout, or transformers'), or exported ONNX "
+        "directory (else the cache, then the hub)",
     )
     tokenizer: str | None = setting(
         None, "tokenizer directory (tokenizer.json…) when weights is a single file"

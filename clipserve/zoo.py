@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 from clipserve.errors import UnknownModel
 
@@ -66,6 +67,9 @@ class ModelSpec:
     """The checksum of the weights file at ``url``, when its publisher recorded one (AudioCLIP)."""
     size: int = 0
     """The size in bytes of the weights file at ``url``, when known."""
+    hf_processor: str = ""
+    """The model's ``preprocessor_config.json`` (family ``transformers``), as JSON: its image
+    preprocessing, kept with the spec so that an export runs without the model's directory."""
 
     @property
     def name(self) -> str:
@@ -131,6 +135,23 @@ def _aliases() -> dict[str, str]:
             aliases.setdefault(_normalise(spec.hf_hub.rstrip("/")), spec.name)
     aliases.update({_normalise(name): canonical for name, canonical in OTHER_NAMES.items()})
     return aliases
+
+
+def openai_file_model(path: Path) -> str:
+    """The zoo model of an OpenAI ``clip`` checkpoint, by the file name ``clip.load`` caches it under
+    (``ViT-B-32.pt`` → ``ViT-B-32::openai``, ``ViT-L-14-336px.pt`` → ``ViT-L-14-336::openai``).
+
+    Raises:
+        UnknownModel: the name is not one of OpenAI's.
+    """
+    model = f"{path.stem.removesuffix('px')}::openai"
+    if canonical_name(model) is None or path.suffix != ".pt":
+        openai = ", ".join(f"{n}.pt" for n in ("RN50", "RN101", "RN50x4", "ViT-B-32", "ViT-L-14-336px"))
+        raise UnknownModel(
+            f"{path} is a file, and not named as OpenAI's clip checkpoints are ({openai}, …): name its model "
+            f"and pass the file as weights (Encoder('ARCH::TAG', weights={str(path)!r}))"
+        )
+    return canonical_name(model)
 
 
 def _normalise(name: str) -> str:

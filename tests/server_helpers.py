@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 
 from clipserve.server.app import create_app
@@ -39,3 +44,37 @@ def running_server(**settings):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def server_process(*flags: str):
+    """Yields ``(base_url, Popen)`` while ``clipserve serve FLAGS`` runs in a process of its own on
+    loopback: for what depends on the process's whole memory (RSS bounds), fresh."""
+    port = free_port()
+    command = [sys.executable, "-m", "clipserve.cli", "serve", "--port", str(port), *flags]
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError as exc:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        raise RuntimeError(
+                            f"the server did not start: {log.read().decode()[-2000:]}"
+                        ) from exc
+                    time.sleep(0.1)
+            yield url, process
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
+def resident_mib(pid: int) -> float:
+    """A process's resident memory, MiB."""
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -13,10 +13,11 @@ NAME = "ViT-B-32::openai"
 def test_models_lists_the_table(capsys) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    table, _, footer = out.partition("\n\n")
+    table, transformers, precisions = out.split("\n\n")
     assert table.splitlines()[0].split() == ["name", "family", "dim", "image", "tokenizer", "licence"]
     rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
-    assert footer.strip() == (
+    assert "transformers model of these classes: CLIPModel" in transformers
+    assert precisions.strip() == (
         "precisions: onnx fp32 (cpu/cuda/tensorrt), fp16 (cuda/tensorrt), int8 (cpu); "
         "torch fp32 (cpu/cuda), bf16 (cpu), fp16 (cuda)"
     )

@@ -25,13 +25,54 @@ ENVIRONMENTS = {
 
 
 @pytest.fixture(scope="module")
-def exports(encoder_for, cache_root, tmp_path_factory) -> str:
+def exports(encoder_for, cache_root, tmp_path_factory, photo_paths) -> str:
+    """The models the Jina tests run, as ONNX exports (those environments have no torch), and a
+    transformers CLIPModel directory whose export is in ``cache_root``, with the vectors transformers'
+    own modules (the torch backend) give for a photo and a text."""
+    import numpy as np
+
     from clipserve.encoder import Encoder
+    from tests import hf_models
 
     vit = encoder_for("ViT-B-32::openai", "onnx").info()["weights"]
     checkpoint = write_checkpoint(tmp_path_factory.mktemp("audioclip") / "AudioCLIP-Full-Training.pt")
     with Encoder("AudioCLIP::full", weights=checkpoint, cache_dir=cache_root) as audioclip:
-        return json.dumps({"vit": vit, "audioclip": audioclip.info()["weights"]})
+        audio = audioclip.info()["weights"]
+    work = tmp_path_factory.mktemp("transformers")
+    vision, text = hf_models.clip_split(work / "split")
+    transformers_models = {
+        "clip": hf_models.clip(work / "clip"),
+        "siglip": hf_models.siglip(work / "siglip"),
+        "siglip2": hf_models.siglip2(work / "siglip2"),
+        "chinese_clip": hf_models.chinese_clip(work / "chinese-clip"),
+        "clip_vision": vision,
+        "clip_text": text,
+    }
+    listed = {}
+    for name, directory in transformers_models.items():
+        with Encoder(str(directory), cache_dir=cache_root):  # exported once into the shared cache
+            pass
+        with Encoder(str(directory), backend="torch", cache_dir=cache_root) as reference:
+            inputs = [
+                value
+                for modality, value in (("image", photo_paths[0]), ("text", "a photo of a cat"))
+                if modality in reference.modalities
+            ]
+            np.save(work / f"{name}.npy", reference.encode(inputs))
+            listed[name] = {
+                "directory": str(directory),
+                "expected": str(work / f"{name}.npy"),
+                "modalities": list(reference.modalities),
+            }
+    return json.dumps(
+        {
+            "vit": vit,
+            "audioclip": audio,
+            "transformers": listed,
+            "photo": str(photo_paths[0]),
+            "cache": str(cache_root),
+        }
+    )
 
 
 @pytest.mark.slow

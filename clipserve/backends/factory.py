@@ -109,8 +109,18 @@ def onnx_model_dir(
     return used
 
 
-KEY_FILES = (ONNX_MARKER, "image.onnx", "text.onnx", OPEN_CLIP_CONFIG, *CHECKPOINT_NAMES, "tokenizer.json")
-"""The files whose content identifies a model directory (an export, or the hub layout)."""
+KEY_FILES = (
+    ONNX_MARKER,
+    "image.onnx",
+    "text.onnx",
+    OPEN_CLIP_CONFIG,
+    "config.json",
+    "preprocessor_config.json",
+    *CHECKPOINT_NAMES,
+    "tokenizer.json",
+)
+"""The files whose content identifies a model directory (an export, the open_clip hub layout, a
+transformers model)."""
 
 
 def fingerprint(path: Path, cache: Path) -> str:

@@ -165,6 +165,68 @@ class OnnxTextEncoder:
         return {"text_backend": "onnx", "text_weights": str(self.model_dir)}
 
 
+class HfOnnxBackend:
+    """Runs the ONNX export of a Hugging Face transformers model (:mod:`clipserve.backends.hf_clip`):
+    ``image.onnx`` on ``pixel_values`` (or SigLIP 2's patches, patch mask and grid shapes) and
+    ``text.onnx`` on ``input_ids`` and ``attention_mask``; only the ``modalities`` asked for load."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model_dir: Path,
+        device: str,
+        precision: str,
+        spin: bool,
+        modalities: tuple[str, ...],
+    ) -> None:
+        providers = execution_providers(device)
+        check_precision(precision, "onnx", device.split(":")[0])
+        meta = read_export_meta(model_dir)
+        if meta["arch"] != spec.arch:
+            raise WeightsUnavailable(f"{model_dir} holds an export of a {meta['arch']}, not of a {spec.arch}")
+        if meta["precision"] != precision:
+            raise WeightsUnavailable(f"{model_dir} holds a {meta['precision']} export, not {precision}")
+        self.spec, self.model_dir, self.device, self.precision = spec, model_dir, device, precision
+        self.logit_scale = float(meta["logit_scale"])
+        self._image = (
+            open_session(model_dir / "image.onnx", providers, False, precision)
+            if "image" in modalities
+            else None
+        )
+        self._text = (
+            open_session(model_dir / "text.onnx", providers, spin, precision)
+            if "text" in modalities
+            else None
+        )
+        self.providers = (self._image or self._text).get_providers()
+        log.info("onnx backend: %s on %s with %s from %s", spec.name, device, self.providers, model_dir)
+
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        return self._image.run(None, {"pixel_values": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+
+    def encode_patches(self, patches: np.ndarray, mask: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+        feeds = {
+            "pixel_values": np.ascontiguousarray(patches, dtype=np.float32),
+            "pixel_attention_mask": mask.astype(np.int64),
+            "spatial_shapes": shapes.astype(np.int64),
+        }
+        return self._image.run(None, feeds)[0]
+
+    def encode_text(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+        return self._text.run(None, feeds)[0]
+
+    def info(self) -> dict[str, object]:
+        return {
+            "backend": "onnx",
+            "device": self.device,
+            "precision": self.precision,
+            "providers": self.providers,
+            "weights": str(self.model_dir),
+            "onnxruntime": ort.__version__,
+        }
+
+
 def open_session(path: Path, providers: list, spin: bool, precision: str = "fp32") -> ort.InferenceSession:
     """An ONNX Runtime session on ``providers``, refusing a silent fallback to the CPU.
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from clipserve.backends.base import check_precision
+from clipserve.backends.torchscript import archive_state_dict, is_torchscript_archive
 from clipserve.errors import DeviceUnavailable, UnsupportedModel
 from clipserve.families.hf_configs import config_dir
 from clipserve.resources import BF16_FLAGS, cpu_flags, cpu_model
@@ -24,15 +25,17 @@ log = logging.getLogger(__name__)
 def load_open_clip_model(spec: ModelSpec, checkpoint: Path) -> nn.Module:
     """Build ``spec``'s open_clip model and load ``checkpoint`` into it (``weights_only`` loading).
 
-    ``checkpoint`` is a weights file of the zoo architecture, or a directory in the hub layout
-    (its own ``open_clip_config.json``). A Hugging Face text tower is built from a local copy of
+    ``checkpoint`` is a weights file of the zoo architecture (a state dict, or an OpenAI ``clip``
+    TorchScript archive, read by :mod:`clipserve.backends.torchscript`), or a directory in the hub
+    layout (its own ``open_clip_config.json``). A Hugging Face text tower is built from a local copy of
     its transformer config (:func:`clipserve.families.hf_configs.config_dir`), never downloaded.
     """
+    archive = checkpoint.is_file() and is_torchscript_archive(checkpoint)
     if checkpoint.is_dir():
         name, pretrained = f"local-dir:{checkpoint}", None
         model_cfg = json.loads((checkpoint / OPEN_CLIP_CONFIG).read_text())["model_cfg"]
     else:
-        name, pretrained = spec.arch, str(checkpoint)
+        name, pretrained = spec.arch, None if archive else str(checkpoint)
         model_cfg = open_clip.get_model_config(spec.arch)
     overrides = {}
     text_cfg = model_cfg["text_cfg"]
@@ -42,6 +45,8 @@ def load_open_clip_model(spec: ModelSpec, checkpoint: Path) -> nn.Module:
     model = open_clip.create_model(
         name, pretrained=pretrained, force_quick_gelu=spec.quick_gelu, weights_only=True, **overrides
     )
+    if archive:  # OpenAI's clip checkpoints: TorchScript, with open_clip's parameter names
+        model.load_state_dict(archive_state_dict(checkpoint), strict=True)
     return model.eval()
 
 

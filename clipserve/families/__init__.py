@@ -11,6 +11,7 @@ from importlib import import_module
 
 from clipserve.errors import UnsupportedModel
 from clipserve.families.base import Model, Tower
+from clipserve.families.resolve import resolve_model
 from clipserve.settings import EngineSettings
 from clipserve.zoo import ModelSpec
 
@@ -18,6 +19,7 @@ LOADERS: dict[str, str] = {
     "open_clip": "clipserve.families.openclip:OpenClipModel",
     "mclip": "clipserve.families.mclip:MClipModel",
     "audioclip": "clipserve.families.audioclip:AudioClipModel",
+    "transformers": "clipserve.families.hf:TransformersModel",
 }
 """family → ``module:class`` of its loader (imported on use: a family may need optional extras)."""
 
@@ -31,4 +33,4 @@ def load_model(spec: ModelSpec, settings: EngineSettings, spin: bool = True) -> 
     return loader(spec, settings, spin)
 
 
-__all__ = ["LOADERS", "Model", "Tower", "load_model"]
+__all__ = ["LOADERS", "Model", "Tower", "load_model", "resolve_model"]

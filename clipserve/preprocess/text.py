@@ -142,11 +142,14 @@ class ClipTokenizer:
         return self.pad(ids, max((len(i) for i in ids), default=2) if trim else None)
 
 
-def pad_ids(ids: list[list[int]], width: int, pad_id: int) -> np.ndarray:
-    """Id sequences in ``int64 [n, width]``, each followed by ``pad_id``."""
+def pad_ids(ids: list[list[int]], width: int, pad_id: int, left: bool = False) -> np.ndarray:
+    """Id sequences in ``int64 [n, width]``, each followed (``left``: preceded) by ``pad_id``."""
     tokens = np.full((len(ids), width), pad_id, dtype=np.int64)
     for row, seq in enumerate(ids):
-        tokens[row, : len(seq)] = seq
+        if left:
+            tokens[row, width - len(seq) :] = seq
+        else:
+            tokens[row, : len(seq)] = seq
     return tokens
 
 
@@ -168,6 +171,7 @@ class HfTokenizer:
         self.pad_id = self._id_of(special.get("pad_token"), directory, "pad")
         self.sep_id = self._id_of(special.get("sep_token"), directory, "sep") if strip_sep_token else None
         side = special.get("truncation_side", "right")
+        self.padding_side = special.get("padding_side", "right")
         self._tokenizer.enable_truncation(max_length=context_length, direction=side)
         self._tokenizer.no_padding()
 
@@ -186,8 +190,15 @@ class HfTokenizer:
         return ids
 
     def pad(self, ids: list[list[int]], width: int | None = None) -> np.ndarray:
-        """Pad id sequences with the pad token into ``int64 [n, width]`` (default: the context length)."""
-        return pad_ids(ids, width or self.context_length, self.pad_id)
+        """Pad id sequences with the pad token into ``int64 [n, width]`` (default: the context length),
+        on the tokenizer's padding side."""
+        return pad_ids(ids, width or self.context_length, self.pad_id, self.padding_side == "left")
+
+    def pad_with_mask(self, ids: list[list[int]], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`pad`, and the ``int64`` attention mask: 1 over each sequence's own tokens."""
+        padded = self.pad(ids, width)
+        mask = pad_ids([[1] * len(seq) for seq in ids], padded.shape[1], 0, self.padding_side == "left")
+        return padded, mask
 
 
 def _special_tokens(directory: Path) -> dict:

@@ -20,11 +20,12 @@ from enum import StrEnum
 
 from clipserve.encoder import Encoder
 from clipserve.errors import ClipserveError, ModelUnavailable, UnknownModel, echo
+from clipserve.families import resolve_model
 from clipserve.resources import release_freed_memory, resident_bytes
 from clipserve.server.metrics import Metrics, ModelMetrics
 from clipserve.server.service import EncodingService
 from clipserve.settings import EngineSettings, ServerSettings
-from clipserve.zoo import ModelSpec, canonical_name, get_spec
+from clipserve.zoo import ModelSpec, canonical_name
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class ModelPool:
         self.settings, self.metrics = settings, metrics
         self.models: dict[str, ServedModel] = {}
         for engine in settings.engines():
-            spec = get_spec(engine.model)  # an unknown name fails at start, with close names
+            spec, engine = resolve_model(engine)  # an unknown name fails at start, with close names
             if spec.name in self.models:
                 raise ValueError(f"{spec.name} is listed twice in the served models")
             self.models[spec.name] = ServedModel(engine, spec, metrics.for_model(served_labels(spec, engine)))
@@ -134,7 +135,7 @@ class ModelPool:
         """The model a request names (any alias of a served zoo entry), or the default."""
         if requested is None:
             return self.default
-        name = canonical_name(requested)
+        name = canonical_name(requested) or requested
         if name not in self.models:
             raise UnknownModel(
                 f"model {echo(requested)!r} is not served here; this server serves {', '.join(self.models)}"
@@ -203,11 +204,12 @@ class ModelPool:
         if self._over(0):
             try:
                 await self._make_room(model, 0)
-            except ModelUnavailable:
+            except ModelUnavailable as cause:
                 await self._dispose(self._detach(model, "memory"))
                 raise ModelUnavailable(
                     f"loading {model.name} (+{model.memory_bytes / GIB:.2f} GiB) took the server over "
-                    f"max_memory_gb={self.settings.max_memory_gb}; it was unloaded again"
+                    f"max_memory_gb={self.settings.max_memory_gb}; it was unloaded again: {cause}",
+                    cause.retry_after_s,
                 ) from None
 
     def _build(self, model: ServedModel) -> tuple[Encoder, int]:

@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from clipserve.jina import (
 )
 from tests.audio_signals import tone
 from tests.conftest import SHARED_PHOTOS
-from tests.jina.conftest import AUDIOCLIP, VIT, assert_same, doc, docs, embedding, leaf, post, score
+from tests.jina.conftest import AUDIOCLIP, MODELS, VIT, assert_same, doc, docs, embedding, leaf, post, score
 
 CAPTIONS = [
     f"a photo of a {p}"
@@ -249,6 +250,27 @@ def test_docs_name_local_files_only_under_the_roots(clip_encoder, doc_files, tmp
     asyncio.run(text_only.encode(passed, parameters={}))  # a text encoder reads no uri: passed over
     assert embedding(passed[0]) is None and embedding(passed[1]) is not None
     text_only.close()
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip", "siglip2", "chinese_clip", "clip_vision", "clip_text"])
+def test_a_transformers_directory_as_pretrained_model_name_or_path(name, monkeypatch) -> None:
+    """The Hub executors' own model format: a transformers directory of each class (its export in
+    the shared cache: this environment has no torch), with the vectors transformers' modules give."""
+    monkeypatch.setenv("CLIPSERVE_CACHE_DIR", MODELS["cache"])
+    model = MODELS["transformers"][name]
+    expected = iter(np.load(model["expected"]))
+    executors, batch = [], []
+    if "image" in model["modalities"]:
+        executors.append(CLIPImageEncoder(pretrained_model_name_or_path=model["directory"]))
+        batch.append((doc(blob=Path(MODELS["photo"]).read_bytes()), next(expected)))
+    if "text" in model["modalities"]:
+        executors.append(CLIPTextEncoder(pretrained_model_name_or_path=model["directory"]))
+        batch.append((doc(text="a photo of a cat"), next(expected)))
+    documents = docs([d for d, _ in batch])
+    for executor in executors:
+        asyncio.run(executor.encode(documents, parameters={}))
+        executor.close()
+    assert_same(documents, np.stack([vector for _, vector in batch]))
 
 
 def test_unknown_model_fails_at_start_with_close_names() -> None:
