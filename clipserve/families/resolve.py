@@ -19,6 +19,7 @@ from clipserve.families.transformers_config import (
     hub_snapshot,
     is_transformers_dir,
     looks_like_repo,
+    names_supported_class,
     spec_from_directory,
 )
 from clipserve.settings import EngineSettings
@@ -43,7 +44,7 @@ def resolve_model(settings: EngineSettings) -> tuple[ModelSpec, EngineSettings]:
     known = canonical_name(name)
     if known is not None:
         given = Path(weights).expanduser() if weights is not None else None
-        if given is not None and is_transformers_dir(given):
+        if given is not None and names_supported_class(given):
             return spec_from_directory(given, known), settings
         if given is not None and is_onnx_dir(given) and _export_spec(given).family == FAMILY:
             return dataclasses.replace(_export_spec(given), display_name=known), settings

@@ -85,6 +85,17 @@ def is_transformers_dir(path: Path) -> bool:
     )
 
 
+def names_supported_class(path: Path) -> bool:
+    """True for a transformers directory whose ``config.json`` names a supported class (M-CLIP's
+    directories, say, have a ``config.json`` too, of their own kind)."""
+    if not is_transformers_dir(path):
+        return False
+    try:
+        return model_class(read_config(path)) in ARCHITECTURES
+    except (OSError, ValueError):
+        return False
+
+
 def check_supported(directory: Path) -> tuple[str, Architecture]:
     """The directory's class and what it embeds, or :class:`UnsupportedModel` naming what was found."""
     try:
