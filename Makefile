@@ -14,7 +14,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 setup: chromium
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[torch,server,audio,ray,dev]'
+	$(PY) -m pip install --quiet -e '.[torch,server,audio,search,ray,dev]'
 	$(UV) venv --quiet --allow-existing -p $(PY) $(JINA_V2)
 	$(UV) pip install --quiet -p $(JINA_V2)/bin/python -e '.[jina,audio]' 'pytest>=8'
 	$(UV) venv --quiet --allow-existing -p $(PY) $(JINA_V1)

@@ -98,6 +98,49 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor")
     ray.add_argument("--shard-size", type=int, default=1024, help="inputs per parquet part")
 
+    index = commands.add_parser(
+        "index", allow_abbrev=False, help="build or update a search index of files, folders, globs and texts"
+    )
+    index.add_argument(
+        "paths",
+        nargs="*",
+        help="image (and, for a model that hears, audio) files, folders, globs, or .parquet tables of id "
+        "and text; the index then holds exactly these (deleted files leave it)",
+    )
+    index.add_argument("--index", type=Path, required=True, help="the index directory (made if new)")
+    index.add_argument("--dtype", choices=("f32", "f16", "i8"), help="how vectors are stored (new index)")
+    index.add_argument(
+        "--from-vectors", type=Path, help="a `clipserve encode --ray` output directory: index its vectors"
+    )
+    index.add_argument(
+        "--export",
+        type=Path,
+        help="then write ids, vectors and metadata to this parquet file (Qdrant, pgvector…)",
+    )
+    add_setting_flags(index, EngineSettings)
+
+    search = commands.add_parser("search", allow_abbrev=False, help="query a search index")
+    search.add_argument("index", type=Path, help="the index directory")
+    search.add_argument("query", nargs="?", help="a text (or use --image, --audio, --like)")
+    search.add_argument("--image", type=Path, help="query by an image file")
+    search.add_argument("--audio", type=Path, help="query by an audio file")
+    search.add_argument("--like", help="more like this item (its id)")
+    search.add_argument("-k", type=int, default=10, help="how many results")
+    search.add_argument(
+        "--filter", action="append", default=[], metavar="FIELD=VALUE", help="modality=image, path_prefix=…"
+    )
+    search.add_argument("--dedup", type=float, help="drop results within this cosine of a better one")
+    search.add_argument("--json", action="store_true", help="print JSON lines")
+    add_setting_flags(search, EngineSettings, only=("backend", "device", "precision", "weights", "cache_dir"))
+
+    dedup = commands.add_parser("dedup", allow_abbrev=False, help="list groups of near-duplicate images")
+    dedup.add_argument("index", type=Path, help="the index directory")
+    dedup.add_argument(
+        "--threshold", type=float, default=0.95, help="cosine from which two items are duplicates"
+    )
+    dedup.add_argument("--modality", default="image", choices=("image", "audio", "text"))
+    dedup.add_argument("--json", action="store_true", help="print JSON lines")
+
     serve = commands.add_parser(
         "serve", allow_abbrev=False, help="run the HTTP server (needs the server extra)"
     )
@@ -128,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "encode": cmd_encode,
         "serve": cmd_serve,
         "cache": cmd_cache,
+        "index": cmd_index,
+        "search": cmd_search,
+        "dedup": cmd_dedup,
     }
     try:
         return commands[args.command](args)
@@ -231,6 +277,107 @@ def cmd_cache(args: argparse.Namespace) -> int:
     for entry in removed:
         print(f"{verb} {entry.path} ({entry.size / 1e6:.1f} MB)")
     print(f"{verb} {len(removed)} entries, {sum(e.size for e in removed) / 1e6:.1f} MB")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """``clipserve index``: build or update an index; lists the inputs that could not be embedded."""
+    from clipserve.encoder import Encoder
+    from clipserve.index import Index
+    from clipserve.index.collect import entries_from, media_filter, vectors_from_job
+    from clipserve.index.store import DATABASE
+
+    given = given_settings(args, EngineSettings)
+    existing = (args.index / DATABASE).is_file()
+    if existing and args.export is not None and not args.paths and args.from_vectors is None:
+        with Index.open(args.index) as index:  # the stored vectors only: no model needed
+            print(f"wrote {index.export(args.export)} items to {args.export}", file=sys.stderr)
+        return 0
+    if existing and "model" not in given:
+        with Index.open(args.index) as known:
+            given["model"] = known.model
+    if args.from_vectors is not None:
+        model, entries, vectors = vectors_from_job(args.from_vectors)
+        given.setdefault("model", model)
+    settings = config.resolve(EngineSettings, **given)
+    with Encoder(settings=settings) as encoder:
+        index = (
+            Index.open(args.index, encoder)
+            if existing
+            else Index.create(args.index, encoder, args.dtype or "f32")
+        )
+        if args.from_vectors is not None:
+            index.check_model(model)
+        elif args.paths:
+            entries, vectors = entries_from(args.paths, media_filter("audio" in encoder.modalities)), {}
+        elif args.export is None:
+            raise ValueError("give the files, folders or tables to index (or --from-vectors, or --export)")
+        if args.from_vectors is not None or args.paths:
+            with tqdm(total=len(entries), unit="item", desc="indexing", disable=not entries) as bar:
+                report = index.update(entries, vectors, progress=bar.update)
+            _report_update(args.index, report)
+        if args.export is not None:
+            print(f"wrote {index.export(args.export)} items to {args.export}", file=sys.stderr)
+        index.close()
+    return 0
+
+
+def _report_update(directory: Path, report) -> None:
+    print(
+        f"{directory}: {report.added} added, {report.changed} changed, {report.removed} removed, "
+        f"{report.unchanged} unchanged ({report.embedded} embedded, {report.reused} taken over from an "
+        f"interrupted build); generation {report.generation}",
+        file=sys.stderr,
+    )
+    if report.bad:
+        print(f"skipped {len(report.bad)} bad inputs:", file=sys.stderr)
+        for identifier, reason in report.bad:
+            print(f"  {identifier}: {reason}", file=sys.stderr)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``clipserve search``: the best items for a text, an image, an audio clip or an item."""
+    import json
+
+    from clipserve.encoder import Encoder
+    from clipserve.index import Index
+
+    index = Index.open(args.index)
+    settings = config.resolve(
+        EngineSettings, **{**given_settings(args, EngineSettings), "model": index.model}
+    )
+    filters = dict(item.split("=", 1) for item in args.filter)
+    query = args.image or args.audio or args.query
+    with Encoder(settings=settings) as encoder:
+        index = Index.open(args.index, encoder)
+        modality = "text" if query is args.query and query is not None else None
+        hits = index.search(
+            query, k=args.k, like=args.like, filter=filters, dedup=args.dedup, modality=modality
+        )
+    for hit in hits:
+        if args.json:
+            print(
+                json.dumps({"id": hit.id, "score": hit.score, "metadata": hit.metadata}, ensure_ascii=False)
+            )
+        else:
+            print(f"{hit.score:.4f}  {hit.id}")
+    return 0
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    """``clipserve dedup``: groups of near-duplicates, one group per paragraph (or JSON line)."""
+    import json
+
+    from clipserve.index import Index
+
+    with Index.open(args.index) as index:
+        groups = index.near_duplicates(args.threshold, args.modality)
+    for group in groups:
+        if args.json:
+            print(json.dumps([{"id": hit.id, "cosine": hit.score} for hit in group], ensure_ascii=False))
+        else:
+            print("\n".join(f"{hit.score:.4f}  {hit.id}" for hit in group) + "\n")
+    print(f"{len(groups)} groups of near-duplicates (cosine ≥ {args.threshold:g})", file=sys.stderr)
     return 0
 
 

@@ -41,6 +41,12 @@ class InvalidInput(ClipserveError, ValueError):
         super().__init__(where + message)
 
 
+class NotFound(ClipserveError, LookupError):
+    """A resource of the request does not exist (an index item, a thumbnail)."""
+
+    http_status = 404
+
+
 class UnknownModel(ClipserveError, LookupError):
     """The model name is not in the zoo (or not served)."""
 

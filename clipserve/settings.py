@@ -172,6 +172,14 @@ class ServerSettings(EngineSettings):
         1000, "most open connections and requests at once; beyond it new requests get 503"
     )
     playground: bool = setting(True, "serve the browser playground at / and /playground")
+    index: str | None = setting(
+        None,
+        "a search index directory (`clipserve index` builds one) to serve at /search and clip-retrieval's "
+        "/knn-service; its model is served (the default model list becomes it)",
+    )
+    cors_origins: list[str] = setting(  # noqa: RUF009 (a list default becomes a default_factory)
+        [], "origins whose browser pages may call this API (e.g. clip-retrieval's front end)"
+    )
     ssl_certfile: str | None = setting(None, "TLS certificate (PEM) to serve HTTPS")
     ssl_keyfile: str | None = setting(None, "TLS private key (PEM)")
     ray: bool = setting(False, "serve on Ray Serve: replicas across CPUs, GPUs and nodes (ray extra)")

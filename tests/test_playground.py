@@ -266,3 +266,40 @@ def test_a_server_of_two_models_offers_a_choice(browser, vit_onnx_export, encode
         shot(page, "7-models")
         assert_stayed_local(page)
         page.context.close()
+
+
+def test_search_a_served_index_with_thumbnails(
+    browser, vit_onnx_export, encoder_for, photos_dir, tmp_path
+) -> None:
+    """``clipserve serve --index``: the Search tab queries the server's index; its results are the
+    ranking of the photos' own /encode vectors, each shown with its thumbnail."""
+    from clipserve.index import Index
+    from clipserve.index.collect import entries_from, media_filter
+
+    index = Index.create(tmp_path / "photos-index", encoder_for(NAME, "onnx"))
+    index.update(entries_from([photos_dir], media_filter(False)))
+    with running_server(index=str(tmp_path / "photos-index"), weights=vit_onnx_export, api_key=KEY) as (
+        url,
+        _,
+    ):
+        page = open_page(browser, url)
+        page.fill("#api-key", KEY)
+        page.click("#key-form button")
+        expect(page.locator("#model-info")).to_contain_text("ViT-B-32", timeout=60_000)
+        page.click("#tab-search")
+        expect(page.locator("#served-index-info")).to_contain_text("photos-index: 10 items")
+        page.fill("#served-text", "a photo of a cat")
+        page.fill("#served-k", "5")
+        page.click("#served-go")
+        loaded = "[...document.querySelectorAll('#served-results img')].filter(i => i.naturalWidth > 0)"
+        page.wait_for_function(f"() => {loaded}.length == 5")
+        shown = page.eval_on_selector_all("#served-results li", "items => items.map(i => i.dataset.id)")
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as api:
+            photos = sorted(p for p in photos_dir.iterdir() if p.suffix != ".csv")
+            gallery = vectors_of(api, [image_input(p) for p in photos])
+            query = vectors_of(api, [{"text": "a photo of a cat"}])[0]
+        scores = (gallery / np.linalg.norm(gallery, axis=1, keepdims=True)) @ (query / np.linalg.norm(query))
+        assert shown == [str(photos[i].resolve()) for i in np.argsort(-scores)[:5]]
+        shot(page, "8-search-index")
+        assert_stayed_local(page)
+        page.context.close()

@@ -113,3 +113,47 @@ def test_cli_encodes_a_folder_on_ray(
     vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
     assert cosines(vectors, encoder_for(NAME, "onnx").encode_image(files)).min() >= 0.9999
     assert "wrote 10 vectors" in capsys.readouterr().err
+
+
+def test_an_index_builds_from_a_ray_jobs_vectors_without_embedding_again(
+    local_ray, vit_onnx_export, encoder_for, photo_paths, tmp_path, capsys, monkeypatch
+) -> None:
+    """Bulk indexing: the vectors `encode --ray` wrote go into an index as they are."""
+    from clipserve.cli import main
+    from clipserve.encoder import Encoder
+    from clipserve.index import Index
+
+    output = tmp_path / "out"
+    folder = Path(photo_paths[0]).parent
+    assert (
+        main(
+            [
+                "encode",
+                str(folder),
+                "--text",
+                "a cat",
+                "--ray",
+                "--output",
+                str(output),
+                "--weights",
+                vit_onnx_export,
+            ]
+        )
+        == 0
+    )
+    monkeypatch.setattr(Encoder, "encode_lenient", lambda *a, **k: pytest.fail("embedded again"))
+    index_dir = tmp_path / "index"
+    assert (
+        main(
+            ["index", "--index", str(index_dir), "--from-vectors", str(output), "--weights", vit_onnx_export]
+        )
+        == 0
+    )
+    assert "11 added" in capsys.readouterr().err
+    monkeypatch.undo()
+    encoder = encoder_for(NAME, "onnx")
+    with Index.open(index_dir, encoder) as index:
+        hits = index.search("a cat", k=1, modality="text")
+        assert hits[0].id == "text:a cat" and hits[0].score > 0.9999
+        photo = index.search(photo_paths[3], k=1)
+        assert photo[0].id == str(Path(photo_paths[3]).resolve()) and photo[0].score > 0.9999

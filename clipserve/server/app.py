@@ -10,6 +10,7 @@ parsed off the event loop (:class:`~clipserve.server.guard.OffLoopJSONRoute`).
 """
 
 import base64
+import dataclasses
 import io
 import itertools
 import logging
@@ -40,7 +41,8 @@ from clipserve.server.guard import (
 )
 from clipserve.server.metrics import Metrics
 from clipserve.server.models import ModelPool, ServedModel
-from clipserve.settings import ServerSettings
+from clipserve.settings import MODEL_WEIGHTS_SEPARATOR, ServerSettings
+from clipserve.zoo import DEFAULT_MODEL, canonical_name
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     """The ASGI app for ``settings`` (models, limits, auth, batching); loads the default model (and,
     with ``preload``, every one) now, so a bad model or weights fails before the server binds."""
     settings.resolved_api_key()  # a missing or empty key file fails before any model loads
+    index = open_index(settings) if settings.index else None
+    if index is not None:
+        settings = serving_the_index(settings, index)
     metrics = Metrics()
     pool = ModelPool(settings, metrics)
     pool.load_at_start()
@@ -73,6 +78,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.models = pool
     app.state.max_json_values = JSON_VALUES_PER_ITEM * settings.max_items + 64
     app.add_middleware(RequestGuard, settings=settings, metrics=metrics, default=pool.default)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
 
     @app.exception_handler(ClipserveError)
     async def clipserve_error(request: Request, exc: ClipserveError) -> JSONResponse:
@@ -184,6 +198,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
             ],
         }
 
+    if index is not None:
+        from clipserve.server.search import search_router
+
+        app.include_router(search_router(index, pool, settings))
+
     @app.get("/healthz")
     async def healthz() -> dict:
         """Alive (no authentication)."""
@@ -197,6 +216,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             "status": "ready",
             **pool.default.describe(),
             "models": {model.name: model.describe() for model in pool.models.values()},
+            **({"index": index.info()} if index is not None else {}),
         }
 
     @app.get("/metrics")
@@ -214,6 +234,27 @@ def create_app(settings: ServerSettings) -> FastAPI:
             return FileResponse(PLAYGROUND / "index.html")
 
     return app
+
+
+def open_index(settings: ServerSettings):
+    """The index to serve (its directory must hold one)."""
+    from clipserve.index import Index
+
+    return Index.open(settings.index)
+
+
+def serving_the_index(settings: ServerSettings, index) -> ServerSettings:
+    """``settings`` with the index's model served: the default list becomes it; a list that names
+    other models must name it too (the index's vectors are of its model only)."""
+    names = [canonical_name(entry.partition(MODEL_WEIGHTS_SEPARATOR)[0]) for entry in settings.model]
+    if index.model in names:
+        return settings
+    if settings.model == [DEFAULT_MODEL]:
+        return dataclasses.replace(settings, model=[index.model])
+    raise ValueError(
+        f"the index {settings.index} holds vectors of {index.model}: serve that model too "
+        f"(--model {index.model})"
+    )
 
 
 def describe_validation_error(first: dict) -> tuple[int, str, str, int | None]:

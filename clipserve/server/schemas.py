@@ -78,6 +78,81 @@ def request_models(max_items: int) -> RequestModels:
     return RequestModels(EncodeRequest, RankRequest, EmbeddingsRequest)
 
 
+class SearchQuery(Strict):
+    """A search query: exactly one of ``text``, ``image``, ``audio`` (as in ``/encode``), ``vector``
+    (the index's dimension) or ``id`` (an indexed item: more like it)."""
+
+    text: str | None = None
+    image: str | None = None
+    audio: str | None = None
+    vector: list[float] | None = Field(None, max_length=8192)
+    id: str | None = Field(None, max_length=4096)
+
+    @model_validator(mode="after")
+    def one_field(self) -> SearchQuery:
+        given = [
+            name for name in ("text", "image", "audio", "vector", "id") if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'text', 'image', 'audio', 'vector' or 'id'")
+        return self
+
+    def item(self, allow_url: bool) -> Item | None:
+        """The query as an item to embed (None for a vector or an id)."""
+        for modality in ("text", "image", "audio"):
+            value = getattr(self, modality)
+            if value is not None:
+                return wire_item(0, modality, value, allow_url)
+        return None
+
+
+class SearchRequest(Strict):
+    query: SearchQuery
+    k: int = Field(10, ge=1, le=1000, description="how many results")
+    filter: dict[str, str | list[str]] | None = Field(
+        None, max_length=8, description="metadata to match: modality, root, path, caption, id, path_prefix"
+    )
+    dedup: float | None = Field(
+        None, gt=0, le=1, description="drop results within this cosine of a better one"
+    )
+    model: str | None = Field(None, max_length=MODEL_NAME_CHARS, description="must be the index's model")
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float
+    metadata: dict
+    thumbnail: str | None = None
+
+
+class SearchResponse(BaseModel):
+    model: str
+    index: str
+    results: list[SearchHit]
+
+
+class KnnRequest(BaseModel):
+    """clip-retrieval's ``/knn-service`` body (its clip-back's fields; others its front end sends,
+    such as the safety options, are accepted and ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    text: str | None = None
+    image: str | None = None
+    image_url: str | None = None
+    embedding_input: list[float] | None = Field(None, max_length=8192)
+    modality: Literal["image", "text"] = "image"
+    num_images: int = Field(100, ge=1, le=1000)
+    num_result_ids: int | None = Field(None, ge=1, le=10000)
+    indice_name: str | None = None
+    deduplicate: bool = False
+
+
+class MetadataRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    ids: list[int] = Field(max_length=10000)
+    indice_name: str | None = None
+
+
 class EncodeResponse(BaseModel):
     model: str
     dim: int

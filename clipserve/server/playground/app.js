@@ -1,8 +1,8 @@
-// clipserve playground: every panel calls the public API (/readyz, /encode, /rank) of this server.
+// clipserve playground: every panel calls the public API (/readyz, /encode, /rank, /search) of this server.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { key: null, info: null, model: null, gallery: [] };
+const state = { key: null, info: null, model: null, gallery: [], index: null };
 
 // -- API ------------------------------------------------------------------------------------------
 
@@ -99,6 +99,7 @@ async function loadInfo() {
       for (const name of names) $("model-choice").add(new Option(name, name));
     }
     showModel(ready.models && state.model ? ready.models[state.model] : ready);
+    showIndex(ready.index);
   } catch (error) {
     if (error.status !== 401) $("model-info").textContent = `not ready: ${error.message}`;
   }
@@ -313,6 +314,49 @@ $("search-go").addEventListener("click", (event) => busy(event.target, async () 
     item.append(image, caption);
     return item;
   }));
+}));
+
+// -- Search the server's index (clipserve serve --index DIR) ------------------------------------------
+
+function showIndex(index) {
+  state.index = index || null;
+  $("served-search").hidden = !index;
+  if (index) $("served-index-info").textContent = `${index.index}: ${index.items} items of ${index.model}, ${index.search} search`;
+}
+
+async function thumbnail(path) {
+  const headers = state.key ? { Authorization: `Bearer ${state.key}` } : {};
+  const response = await fetch(path, { headers });  // with the key: an <img src> could not send it
+  if (!response.ok) return null;
+  return URL.createObjectURL(await response.blob());
+}
+
+$("served-go").addEventListener("click", (event) => busy(event.target, async () => {
+  const file = $("served-image").files[0];
+  const query = file ? await fileInput(file) : { text: $("served-text").value };
+  const k = Math.max(1, Number($("served-k").value) || 8);
+  const headers = { "Content-Type": "application/json" };
+  if (state.key) headers.Authorization = `Bearer ${state.key}`;
+  const response = await fetch("search", { method: "POST", headers, body: JSON.stringify({ query, k }) });
+  const answer = await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, answer);
+  const items = await Promise.all(answer.results.map(async (hit) => {
+    const item = document.createElement("li");
+    item.dataset.id = hit.id;
+    item.dataset.score = hit.score;
+    const name = hit.metadata.path ? hit.metadata.path.split("/").pop() : (hit.metadata.caption || hit.id);
+    if (hit.thumbnail) {
+      const image = document.createElement("img");
+      image.alt = name;
+      image.src = (await thumbnail(hit.thumbnail)) || "";
+      item.append(image);
+    }
+    const caption = document.createElement("span");
+    caption.textContent = `${name} · ${hit.score.toFixed(3)}`;
+    item.append(caption);
+    return item;
+  }));
+  $("served-results").replaceChildren(...items);
 }));
 
 loadInfo();

@@ -1,0 +1,206 @@
+"""Finding the nearest vectors: exact search over a matrix, or an approximate graph index (usearch's
+HNSW) above a size threshold; both made from the store, into files named by its generation.
+
+- Exact: the vectors of every item in one matrix (``vectors-gN.npy``, memory-mapped) and their keys
+  (``keys-gN.npy``); a query is a matrix product, by chunks, and the top ``k`` of each.
+- Approximate: ``ann-gN.usearch``, built once and then updated (keys removed and added) build
+  after build. usearch was chosen by measurement (``benchmarks/index_engines.py``).
+
+Vectors are stored as float32, or (an option of the index, lossy) float16 or int8; scores are the
+inner product of unit vectors, the cosine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("f32", "f16", "i8")
+INT8_SCALE = 127.0
+CHUNK = 65_536
+CONNECTIVITY = 32
+EXPANSION_ADD = 128
+EXPANSION_SEARCH = 128
+OVERSAMPLE = 4
+"""A filtered approximate search asks for this many times ``k``, then more, until ``k`` pass."""
+
+
+def stored(vectors: np.ndarray, dtype: str) -> np.ndarray:
+    """Unit float32 vectors as stored in ``dtype``."""
+    if dtype == "f16":
+        return vectors.astype(np.float16)
+    if dtype == "i8":
+        return np.clip(np.round(vectors * INT8_SCALE), -127, 127).astype(np.int8)
+    return vectors.astype(np.float32, copy=False)
+
+
+def as_float(rows: np.ndarray) -> np.ndarray:
+    if rows.dtype == np.int8:
+        return rows.astype(np.float32) / INT8_SCALE
+    return rows.astype(np.float32, copy=False)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` highest ``scores``, best first."""
+    k = min(k, len(scores))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    best = np.argpartition(-scores, k - 1)[:k]
+    return best[np.argsort(-scores[best], kind="stable")]
+
+
+class Vectors:
+    """One generation's vectors: exact search always, approximate search when built. ``keys`` are
+    ascending (the store's order), so a key's row is found by bisection."""
+
+    def __init__(self, keys: np.ndarray, matrix: np.ndarray, ann=None) -> None:
+        self.keys, self.matrix, self.ann = keys, matrix, ann
+
+    def rows(self, keys: np.ndarray) -> np.ndarray:
+        """The rows of those of ``keys`` that are in this generation."""
+        keys = np.asarray(keys, np.int64)
+        rows = np.searchsorted(self.keys, keys).clip(max=max(len(self.keys) - 1, 0))
+        return rows[self.keys[rows] == keys] if len(self.keys) else np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def exact(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(keys, scores)`` of the ``k`` best, among the ``allowed`` keys when given."""
+        if allowed is not None:
+            rows = self.rows(allowed)
+            scores = as_float(self.matrix[rows]) @ query
+            best = top_k(scores, k)
+            return self.keys[rows[best]], scores[best]
+        candidates_keys, candidates_scores = [], []
+        for start in range(0, len(self.keys), CHUNK):
+            scores = as_float(self.matrix[start : start + CHUNK]) @ query
+            best = top_k(scores, k)
+            candidates_keys.append(self.keys[start + best])
+            candidates_scores.append(scores[best])
+        if not candidates_keys:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        keys, scores = np.concatenate(candidates_keys), np.concatenate(candidates_scores)
+        best = top_k(scores, k)
+        return keys[best], scores[best]
+
+    def approximate(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(keys, scores)`` from the graph index; with ``allowed``, the best that pass it."""
+        want = k if allowed is None else k * OVERSAMPLE
+        while True:
+            found = self.ann.search(query, min(want, len(self)))
+            keys, scores = found.keys.astype(np.int64), 1.0 - found.distances.astype(np.float32)
+            if allowed is not None:
+                passing = np.isin(keys, allowed)
+                keys, scores = keys[passing], scores[passing]
+            if len(keys) >= k or want >= len(self):
+                return keys[:k], scores[:k]
+            want *= OVERSAMPLE
+
+    def vector(self, key: int) -> np.ndarray:
+        return as_float(self.matrix[self.rows(np.asarray([key]))[0]])
+
+
+def paths(directory: Path, generation: int) -> dict[str, Path]:
+    return {
+        "keys": directory / f"keys-g{generation}.npy",
+        "matrix": directory / f"vectors-g{generation}.npy",
+        "ann": directory / f"ann-g{generation}.usearch",
+    }
+
+
+def new_ann(dim: int, dtype: str):
+    from usearch.index import Index
+
+    return Index(
+        ndim=dim,
+        metric="ip",
+        dtype=dtype,
+        connectivity=CONNECTIVITY,
+        expansion_add=EXPANSION_ADD,
+        expansion_search=EXPANSION_SEARCH,
+    )
+
+
+def write(
+    directory: Path,
+    generation: int,
+    keys: np.ndarray,
+    vectors: np.ndarray,
+    dtype: str,
+    approximate: bool,
+    previous: int | None,
+) -> None:
+    """The derived files of ``generation`` (each written beside, then renamed into place); the
+    graph index is updated from ``previous``'s when there is one, else built."""
+    target = paths(directory, generation)
+    _save(target["keys"], keys)
+    _save(target["matrix"], stored(vectors, dtype))
+    if approximate:
+        ann = _updated_ann(directory, previous, keys, vectors, dtype)
+        partial = target["ann"].with_suffix(".tmp")
+        ann.save(str(partial))
+        os.replace(partial, target["ann"])
+    for old in directory.glob("*-g*.*"):
+        if old.name not in {p.name for p in target.values()} and _generation_of(old) < generation:
+            old.unlink(missing_ok=True)
+
+
+def _updated_ann(directory: Path, previous: int | None, keys: np.ndarray, vectors: np.ndarray, dtype: str):
+    dim = vectors.shape[1]
+    old = paths(directory, previous)["ann"] if previous is not None else None
+    if old is not None and old.is_file():
+        ann = new_ann(dim, dtype)
+        ann.load(str(old))
+        had = np.asarray(ann.keys, dtype=np.int64)
+        gone = np.setdiff1d(had, keys)
+        added = np.setdiff1d(keys, had)
+        if len(gone):
+            ann.remove(gone)
+        if len(added):
+            rows = np.searchsorted(keys, added)
+            ann.add(added, vectors[rows], threads=os.cpu_count() or 1)
+        log.info("index graph updated: %d removed, %d added", len(gone), len(added))
+        return ann
+    ann = new_ann(dim, dtype)
+    if len(keys):
+        ann.add(keys, vectors, threads=os.cpu_count() or 1)
+    log.info("index graph built over %d vectors", len(keys))
+    return ann
+
+
+def read(directory: Path, generation: int, dim: int, dtype: str) -> Vectors | None:
+    """The derived files of ``generation``, memory-mapped; None when they are not all there."""
+    target = paths(directory, generation)
+    if not (target["keys"].is_file() and target["matrix"].is_file()):
+        return None
+    keys = np.load(target["keys"])
+    matrix = np.load(target["matrix"], mmap_mode="r")
+    ann = None
+    if target["ann"].is_file():
+        ann = new_ann(dim, dtype)
+        ann.view(str(target["ann"]))  # memory-mapped, not read into memory
+        ann.expansion_search = EXPANSION_SEARCH
+    return Vectors(keys, matrix, ann)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    partial = path.with_suffix(".tmp.npy")
+    np.save(partial, array)
+    os.replace(partial, path)
+
+
+def _generation_of(path: Path) -> int:
+    try:
+        return int(path.name.split("-g", 1)[1].split(".", 1)[0])
+    except (IndexError, ValueError):
+        return -1
