@@ -235,6 +235,33 @@ def test_above_the_threshold_the_graph_answers_with_high_recall_and_follows_upda
     assert len(filtered) == 5 and all(h.id.startswith("w") for h in filtered)
 
 
+def photo_crops(photos_dir: Path, count: int, rng) -> list[np.ndarray]:
+    """Random square crops (20 to 100 % of the short side, half mirrored) of the shared photos."""
+    images = [
+        np.asarray(Image.open(p).convert("RGB")) for p in sorted(photos_dir.glob("*.*")) if p.suffix != ".csv"
+    ]
+    found = []
+    for _ in range(count):
+        image = images[rng.integers(len(images))]
+        side = int(min(image.shape[:2]) * rng.uniform(0.2, 1.0))
+        top, left = rng.integers(image.shape[0] - side + 1), rng.integers(image.shape[1] - side + 1)
+        crop = image[top : top + side, left : left + side]
+        found.append(np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop))
+    return found
+
+
+def test_the_graph_finds_the_neighbours_of_real_photo_embeddings(encoder, photos_dir, tmp_path) -> None:
+    """Embeddings of crops of real photos are clustered (ten photos), unlike random vectors."""
+    crops = photo_crops(photos_dir, 650, np.random.default_rng(3))
+    embedded = encoder.encode(crops)
+    entries = [Entry(f"crop{i}", "image", caption=f"crop {i}") for i in range(600)]
+    vectors = {e.id: v for e, v in zip(entries, embedded[:600], strict=True)}
+    index = Index.create(tmp_path / "index", encoder, approximate_from=100)
+    index.update(entries, vectors)
+    assert index.info()["search"] == "approximate (HNSW)"
+    assert recall(index, vectors, embedded[600:]) >= 0.95
+
+
 @pytest.mark.parametrize(("dtype", "minimum", "smaller"), [("f16", 0.9999, 1.9), ("i8", 0.999, 3.5)])
 def test_smaller_vectors_keep_the_scores_close(tmp_path, dtype, minimum, smaller) -> None:
     rng = np.random.default_rng(2)
