@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +36,9 @@ def add_setting_flags(
         if not f.metadata["flag"] or (only is not None and f.name not in only):
             continue
         flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default is MISSING else f.default  # a list's is a factory
         described = {
-            "help": f"{f.metadata['help']} (default: {f.default}; ${config.ENV_PREFIX}{f.name.upper()})"
+            "help": f"{f.metadata['help']} (default: {default}; ${config.ENV_PREFIX}{f.name.upper()})"
         }
         value_type = config.value_type(kind, f.name)
         if value_type is bool:

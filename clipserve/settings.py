@@ -32,6 +32,10 @@ def setting(default: Any, help: str, *, flag: bool = True) -> Any:
     return field(default=default, metadata=meta)
 
 
+COMPAT_APIS = ("weaviate", "immich", "tei", "infinity")
+"""The other products' APIs a server can answer too (``compat``)."""
+
+
 @dataclass
 class EngineSettings:
     """What to run and the limits on what it accepts; the arguments of ``Encoder``."""
@@ -177,6 +181,11 @@ class ServerSettings(EngineSettings):
         "a search index directory (`clipserve index` builds one) to serve at /search and clip-retrieval's "
         "/knn-service; its model is served (the default model list becomes it)",
     )
+    compat: list[str] = setting(  # noqa: RUF009 (a list default becomes a default_factory)
+        [],
+        "also answer other products' APIs: weaviate (multi2vec-clip), immich (machine learning), tei "
+        "(text-embeddings-inference), infinity; comma-separated; none by default",
+    )
     cors_origins: list[str] = setting(  # noqa: RUF009 (a list default becomes a default_factory)
         [], "origins whose browser pages may call this API (e.g. clip-retrieval's front end)"
     )
@@ -204,6 +213,10 @@ class ServerSettings(EngineSettings):
     def __post_init__(self) -> None:
         if isinstance(self.model, str):  # ServerSettings(model="A,B") as the flag, variable or YAML say it
             self.model = convert(ServerSettings, "model", self.model)
+        entries = [self.compat] if isinstance(self.compat, str) else self.compat  # a flag repeats, or lists
+        self.compat = [name.strip().lower() for entry in entries for name in entry.split(",") if name.strip()]
+        if unknown := [name for name in self.compat if name not in COMPAT_APIS]:
+            raise ValueError(f"compat APIs are {', '.join(COMPAT_APIS)}; unknown: {', '.join(unknown)}")
         if self.memory_policy not in ("refuse", "evict"):
             raise ValueError(f"memory_policy must be refuse or evict, got {self.memory_policy!r}")
 

@@ -264,10 +264,9 @@ def test_the_server_takes_audio_in_every_route(checkpoint, encoders) -> None:
     wav = _encoded(tone(440, 5.0), 44_100, "WAV")
     flac = _encoded(tone(880, 2.0), 44_100, "FLAC")
     speech = SPEECH.read_bytes()
-    with running_server(model=NAME, weights=str(checkpoint), cache_dir=str(offline.settings.cache_dir)) as (
-        url,
-        _,
-    ):
+    with running_server(
+        model=NAME, weights=str(checkpoint), cache_dir=str(offline.settings.cache_dir), compat=["infinity"]
+    ) as (url, _):
         encoded = base64.b64encode
         body = {
             "inputs": [
@@ -294,6 +293,11 @@ def test_the_server_takes_audio_in_every_route(checkpoint, encoders) -> None:
             cosines(np.asarray([d["embedding"] for d in openai["data"]], np.float32), served[:2]).min()
             > 0.99999
         )
+        infinity = httpx.post(
+            f"{url}/embeddings",
+            json={"input": ["data:audio/flac;base64," + encoded(flac).decode()], "modality": "audio"},
+        ).json()
+        assert cosines(np.asarray([infinity["data"][0]["embedding"]], np.float32), served[2:]).min() > 0.99999
         bad = httpx.post(
             f"{url}/encode", json={"inputs": [{"text": "a"}, {"audio": encoded(b"RIFFxxxxWAVE").decode()}]}
         )

@@ -170,11 +170,11 @@ def test_item_counts_are_checked_before_items_are_validated(server) -> None:
 
 
 def test_bodies_of_millions_of_tiny_values_are_refused_before_parsing(server, monkeypatch) -> None:
-    from clipserve.server import app as app_module
+    from clipserve.server import guard
 
     url, _ = server
     parsed = []
-    monkeypatch.setattr(app_module.orjson, "loads", lambda body: parsed.append(body) or {})
+    monkeypatch.setattr(guard.orjson, "loads", lambda body: parsed.append(body) or {})
     start = time.monotonic()
     for body in (
         b'{"inputs": [' + b"{}," * 2_000_000 + b"{}]}",
@@ -226,11 +226,11 @@ def test_in_flight_limits_answer_503_with_retry_after(onnx_dir) -> None:
 
 def test_payloads_are_decoded_and_parsed_off_the_event_loop(server, photo_paths, monkeypatch) -> None:
     from clipserve import inputs
-    from clipserve.server import app as app_module
+    from clipserve.server import guard
 
     url, _ = server
     threads = []
-    original_b64, original_json = inputs.decode_base64, app_module.orjson.loads
+    original_b64, original_json = inputs.decode_base64, guard.orjson.loads
 
     def record_b64(*args, **kwargs):
         threads.append(("base64", threading.current_thread().name))
@@ -241,7 +241,7 @@ def test_payloads_are_decoded_and_parsed_off_the_event_loop(server, photo_paths,
         return original_json(body)
 
     monkeypatch.setattr("clipserve.pipeline.decode_base64", record_b64)
-    monkeypatch.setattr(app_module.orjson, "loads", record_json)
+    monkeypatch.setattr(guard.orjson, "loads", record_json)
     big = {"inputs": [{"image": _b64(photo_paths[0].read_bytes())}]}
     assert post(f"{url}/encode", big).status_code == 200
     b64_threads = [name for kind, name in threads if kind == "base64"]

@@ -35,8 +35,8 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
+def metric(url: str, name: str, headers: dict | None = None, **labels: str) -> float:
+    text = httpx.get(f"{url}/metrics", headers=headers).text
     total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -1,15 +1,16 @@
-"""FastAPI routes: /encode, /rank, /v1/embeddings, /v1/models, /healthz, /readyz, /metrics.
+"""FastAPI routes: /encode, /rank, /v1/embeddings, /v1/models, /healthz, /readyz, /metrics, and
+those of a served index and of the enabled compat APIs.
 
 Routes read as plainly as the operations: parse the body into items, let the
 :class:`~clipserve.server.service.EncodingService` embed them, shape the answer. Errors users can
-cause become ``{"error", "detail", "index"}`` with a 4xx status in one place (``_error_response``).
+cause become a 4xx in one place (``error_response``): ``{"error", "detail", "index"}``, or the
+shape of the route's API (:mod:`clipserve.server.apis`).
 
 Before a route runs, :class:`~clipserve.server.guard.RequestGuard` checks the API key and the
 declared body size, and counts the body's bytes as they arrive; JSON bodies are bounded, then
 parsed off the event loop (:class:`~clipserve.server.guard.OffLoopJSONRoute`).
 """
 
-import base64
 import dataclasses
 import io
 import itertools
@@ -19,7 +20,6 @@ from http import HTTPStatus
 from pathlib import Path
 
 import numpy as np
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -32,6 +32,7 @@ from clipserve.encoder import clip_scores
 from clipserve.errors import ClipserveError, InvalidInput, echo
 from clipserve.inputs import Item, openai_item
 from clipserve.server import schemas
+from clipserve.server.compat import compat_routers
 from clipserve.server.guard import (
     DOCS_ASSETS,
     JSON_VALUES_PER_ITEM,
@@ -41,6 +42,7 @@ from clipserve.server.guard import (
 )
 from clipserve.server.metrics import Metrics
 from clipserve.server.models import ModelPool, ServedModel
+from clipserve.server.responses import json_response, openai_embeddings
 from clipserve.settings import MODEL_WEIGHTS_SEPARATOR, ServerSettings
 from clipserve.zoo import DEFAULT_MODEL, canonical_name
 
@@ -90,8 +92,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(ClipserveError)
     async def clipserve_error(request: Request, exc: ClipserveError) -> JSONResponse:
-        return _error_response(
-            request,
+        return error_response(
+            request.scope,
             exc.http_status,
             type(exc).__name__,
             str(exc),
@@ -106,14 +108,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
             if exc.status_code == 413
             else HTTPStatus(exc.status_code).phrase.replace(" ", "")
         )
-        return _error_response(request, exc.status_code, name, str(exc.detail), None)
+        return error_response(request.scope, exc.status_code, name, str(exc.detail), None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = next((e for e in errors if e["type"] == "too_long"), errors[0])  # a size limit outranks
         status, error, detail, index = describe_validation_error(first)
-        return _error_response(request, status, error, detail, index)
+        return error_response(request.scope, status, error, detail, index)
 
     def items_of(inputs: list[schemas.Input]) -> list[Item]:
         return [x.item(i, settings.allow_url) for i, x in enumerate(inputs)]
@@ -135,7 +137,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             np.save(buffer, vectors)
             headers = {"X-Clipserve-Model": model.name, "X-Clipserve-Dim": str(model.spec.dim)}
             return Response(buffer.getvalue(), media_type=NPY, headers=headers)
-        return _json({"model": model.name, "dim": model.spec.dim, "embeddings": vectors})
+        return json_response({"model": model.name, "dim": model.spec.dim, "embeddings": vectors})
 
     @app.post("/rank", response_model=schemas.RankResponse)
     async def rank(body: bodies.rank, request: Request) -> schemas.RankResponse:
@@ -168,18 +170,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             vectors, tokens = await service.embed(
                 [openai_item(i, text, settings.allow_url) for i, text in enumerate(inputs)]
             )
-        if body.encoding_format == "base64":
-            data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
-        else:
-            data = list(vectors)
-        return _json(
-            {
-                "object": "list",
-                "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(data)],
-                "model": model.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            }
-        )
+        return json_response(openai_embeddings(model.name, vectors, tokens, body.encoding_format))
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -202,6 +193,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         from clipserve.server.search import search_router
 
         app.include_router(search_router(index, pool, settings))
+
+    for router in compat_routers(pool, settings):
+        app.include_router(router)
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -282,21 +276,3 @@ def describe_validation_error(first: dict) -> tuple[int, str, str, int | None]:
         None,
     )
     return 422, "InvalidRequest", f"{where}: {echo(first['msg'], 300)}", index
-
-
-def _json(content: dict) -> Response:
-    """JSON with numpy arrays serialised natively (orjson): vectors are most of every answer."""
-    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
-
-
-def _error_response(
-    request: Request,
-    status: int,
-    error: str,
-    detail: str,
-    index: int | None,
-    retry_after_s: float | None = None,
-) -> JSONResponse:
-    """``{"error", "detail", "index"}``; on the OpenAI routes (``/v1/...``) OpenAI's error shape."""
-    state = request.scope.setdefault("state", {})
-    return error_response(request.url.path, state, status, error, detail, index, retry_after_s)

@@ -26,13 +26,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from clipserve.errors import ClipserveError, Overloaded, RequestTooLarge, Unauthorized, echo
+from clipserve.server.apis import PROBE_PATHS, api_of
 from clipserve.server.metrics import Metrics
 from clipserve.settings import ServerSettings
 
 OPEN_PATHS = frozenset(
     {"/healthz", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/", "/playground"}
+    | PROBE_PATHS
 )
-"""Paths without the API key: health, the API docs and the playground's page (which asks for the key)."""
+"""Paths without the API key: health (ours and the compat APIs' probes), the API docs and the
+playground's page (which asks for the key)."""
 DOCS_ASSETS = "/static-offline-docs"
 OPEN_PREFIXES = (DOCS_ASSETS + "/", "/playground/static/")
 PAGE_POLICY = (
@@ -128,27 +131,24 @@ class OffLoopJSONRoute(APIRoute):
 
 
 def error_response(
-    path: str,
-    state: dict,
+    scope: dict,
     status: int,
     error: str,
     detail: str,
     index: int | None,
     retry_after_s: float | None = None,
 ) -> JSONResponse:
-    """``{"error", "detail", "index"}``; on the OpenAI routes (``/v1/...``) OpenAI's error shape.
-    A 503 says when to retry (``retry_after_s``, else 1 s)."""
-    state["error"] = error
+    """The error body of the API the request's path belongs to (:func:`~clipserve.server.apis.api_of`):
+    ``{"error", "detail", "index"}`` on clipserve's routes. A 503 says when to retry
+    (``retry_after_s``, else 1 s). The error's name is kept for the metrics (``state["error"]``)."""
+    scope.setdefault("state", {})["error"] = error
     detail = echo(detail, 2000)
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if status == Overloaded.http_status:
         headers["Retry-After"] = str(math.ceil(retry_after_s)) if retry_after_s else RETRY_AFTER_S
-    if path.startswith("/v1/"):
-        body = {"error": {"message": detail, "type": error, "param": None, "code": index}}
-    else:
-        body = {"error": error, "detail": detail, "index": index}
+    body = api_of(scope["path"], scope.get("method", "GET")).error_body(status, error, detail, index)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -194,7 +194,8 @@ class RequestGuard:
     def admit(self, scope, authorised: bool) -> None:
         """Raises why the request is refused before its body is read."""
         path = scope["path"]
-        if not authorised and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
+        reading = scope["method"] in ("GET", "HEAD")  # what is open is open to read (POST / is TEI's)
+        if not authorised and not (reading and (path in OPEN_PATHS or path.startswith(OPEN_PREFIXES))):
             raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
@@ -258,9 +259,7 @@ class RequestGuard:
             try:
                 self.admit(scope, authorised)
             except ClipserveError as error:
-                answer = error_response(
-                    scope["path"], state, error.http_status, type(error).__name__, str(error), None
-                )
+                answer = error_response(scope, error.http_status, type(error).__name__, str(error), None)
                 await answer(scope, receive, guarded_send)
                 return
             await self.app(scope, counted_receive, guarded_send)
@@ -268,6 +267,6 @@ class RequestGuard:
             self.inflight -= held
             route = getattr(scope.get("route"), "path", "unmatched")
             model = state.get("model", self.default)
-            self.metrics.request(
-                route, status, time.perf_counter() - start, state.get("error"), model.metrics.served
-            )
+            api = api_of(scope["path"], scope["method"]).name
+            seconds = time.perf_counter() - start
+            self.metrics.request(route, api, status, seconds, state.get("error"), model.metrics.served)

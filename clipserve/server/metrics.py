@@ -20,20 +20,20 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "clipserve_requests",
-            "HTTP requests by route and status",
-            ["route", "status", *SERVED],
+            "HTTP requests by route, status and API (clipserve, openai or a compat API)",
+            ["route", "status", "api", *SERVED],
             registry=r,
         )
         self.errors = Counter(
             "clipserve_request_errors",
-            "HTTP 4xx/5xx answers by route, status and error",
-            ["route", "status", "error", *SERVED],
+            "HTTP 4xx/5xx answers by route, status, error and API",
+            ["route", "status", "error", "api", *SERVED],
             registry=r,
         )
         self.latency = Histogram(
             "clipserve_request_duration_seconds",
             "Request latency",
-            ["route", *SERVED],
+            ["route", "api", *SERVED],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -85,12 +85,12 @@ class Metrics:
         )
 
     def request(
-        self, route: str, status: int, seconds: float, error: str | None, served: dict[str, str]
+        self, route: str, api: str, status: int, seconds: float, error: str | None, served: dict[str, str]
     ) -> None:
-        self.requests.labels(route=route, status=str(status), **served).inc()
-        self.latency.labels(route=route, **served).observe(seconds)
+        self.requests.labels(route=route, status=str(status), api=api, **served).inc()
+        self.latency.labels(route=route, api=api, **served).observe(seconds)
         if status >= 400:
-            self.errors.labels(route=route, status=str(status), error=error or "", **served).inc()
+            self.errors.labels(route=route, status=str(status), error=error or "", api=api, **served).inc()
 
     def for_model(self, served: dict[str, str]) -> ModelMetrics:
         """The metrics of one served model (``served``: its :data:`SERVED` labels)."""

@@ -63,7 +63,7 @@ class ReplicaLossAs503:
             "a request to %s lost its replica (proxy status %s): answering 503", scope["path"], proxy_status
         )
         detail = "the replica handling this request stopped before answering; retry"
-        answer = error_response(scope["path"], {}, 503, "ReplicaUnavailable", detail, None)
+        answer = error_response(scope, 503, "ReplicaUnavailable", detail, None)
         answer.headers["Retry-After"] = "1"
         await answer(scope, receive, send)
 

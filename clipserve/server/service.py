@@ -91,8 +91,9 @@ class EncodingService:
                 self.batchers[modality].check_room(count)
         return weight
 
-    async def embed(self, items: list[Item]) -> tuple[np.ndarray, int]:
-        """Vectors for ``items`` in order, and the number of text tokens they used.
+    async def embed(self, items: list[Item]) -> tuple[np.ndarray, list[int]]:
+        """Vectors for ``items`` in order, and the text tokens each used (0 for media; a text
+        truncated to the context length counts the context length).
 
         Raises the :class:`InvalidInput` of the lowest-indexed bad item: nothing of a request with
         an item found bad while preparing reaches the model. (The GPU image path finds a corrupt
@@ -128,13 +129,13 @@ class EncodingService:
         vectors = np.empty((len(items), self.pipeline.dim), dtype=np.float32)
         for positions, rows in zip(by_modality.values(), results, strict=True):
             vectors[positions] = np.asarray(rows)
-        tokens = 0
+        tokens = [0] * len(items)
         for position in by_modality.get("text", []):
-            tokens += len(payloads[position])
-            self.pipeline.remember_text(items[position], vectors[position], len(payloads[position]))
+            tokens[position] = len(payloads[position])
+            self.pipeline.remember_text(items[position], vectors[position], tokens[position])
         for position, (vector, count) in cached.items():
             vectors[position] = vector
-            tokens += count
+            tokens[position] = count
         return vectors, tokens
 
     async def _prepare(self, items: list[Item]) -> list:
