@@ -26,10 +26,8 @@ from photos import PHOTOS
 from PIL import Image
 from serving import cpu_description, random_export
 
+from clipserve.index.vectors import CONNECTIVITY, EXPANSION_ADD, ann_input, new_ann
 from clipserve.resources import resident_bytes
-
-CONNECTIVITY = 32
-EXPANSION_ADD = 128
 
 
 def unit(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
@@ -73,24 +71,23 @@ def photo_embeddings(model: str | None, count: int, queries: int) -> tuple[np.nd
 
 
 class Usearch:
+    """usearch as clipserve's index makes it (``clipserve.index.vectors``: int8 rows scaled each
+    to its largest component, and the cosine metric for them)."""
+
     name = "usearch"
 
     def __init__(self, dim: int, dtype: str = "f32") -> None:
-        from usearch.index import Index
-
         self.dtype = dtype
-        self.index = Index(
-            ndim=dim, metric="ip", dtype=dtype, connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD
-        )
+        self.index = new_ann(dim, dtype)
 
     def build(self, vectors: np.ndarray) -> None:
-        self.index.add(np.arange(len(vectors)), vectors, threads=os.cpu_count())
+        self.index.add(np.arange(len(vectors)), ann_input(vectors, self.dtype), threads=os.cpu_count())
 
     def tune(self, ef: int) -> None:
         self.index.expansion_search = ef
 
     def search(self, query: np.ndarray, k: int) -> np.ndarray:
-        return self.index.search(query, k, threads=1).keys
+        return self.index.search(ann_input(query, self.dtype), k, threads=1).keys
 
     def save(self, path: Path) -> int:
         self.index.save(str(path))
@@ -192,9 +189,18 @@ def main() -> None:
     parser.add_argument("--ef", default="64,128,256")
     parser.add_argument("--photos", action="store_true", help="embeddings of crops of the shared photos")
     parser.add_argument("--model", help="with --photos: the model that embeds them")
+    parser.add_argument(
+        "--embeddings", type=Path, help="with --photos: an .npz to reuse (written on the first run)"
+    )
     args = parser.parse_args()
     if args.photos:
-        vectors, queries, source = photo_embeddings(args.model, args.count, args.queries)
+        if args.embeddings is not None and args.embeddings.is_file():
+            saved = np.load(args.embeddings)
+            vectors, queries, source = saved["vectors"], saved["queries"], str(saved["source"])
+        else:
+            vectors, queries, source = photo_embeddings(args.model, args.count, args.queries)
+            if args.embeddings is not None:
+                np.savez(args.embeddings, vectors=vectors, queries=queries, source=source)
         args.dim = vectors.shape[1]
         cosines = (vectors[:2000] @ vectors[:2000].T)[np.triu_indices(min(2000, len(vectors)), 1)]
         source = (

@@ -49,7 +49,8 @@ def write_atomically(path: Path, text: str, suffix: str = "") -> None:
     """Write ``text`` to ``path`` through a temporary file beside it (named with ``suffix``) renamed
     into place: a reader sees the old file or the new one, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=suffix) as tmp:
+    # a dot name: readers of the folder (parquet datasets, globs) skip a file left by a crash
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=".", suffix=suffix) as tmp:
         tmp.write(text)
     os.chmod(tmp.name, 0o644)
     os.replace(tmp.name, path)

@@ -15,6 +15,29 @@ pytestmark = pytest.mark.slow
 NAME = "ViT-B-32::openai"
 
 
+def read_whole(output: Path, ray) -> list[str]:
+    """The ids of a job's output directory read whole by pyarrow, pandas, DuckDB and Ray Data,
+    which must agree (side files beside the parts break them)."""
+    import duckdb
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    by_pyarrow = pq.read_table(output).column("id").to_pylist()
+    assert pd.read_parquet(output)["id"].tolist() == by_pyarrow
+    rows = duckdb.sql(f"SELECT id FROM read_parquet('{output}/*.parquet') ORDER BY filename, file_row_number")
+    assert [row[0] for row in rows.fetchall()] == by_pyarrow
+    assert sorted(ray.data.read_parquet(str(output)).to_pandas()["id"]) == sorted(by_pyarrow)
+    return by_pyarrow
+
+
+def test_legacy_error_lists_move_out_of_the_readers_way(tmp_path) -> None:
+    from clipserve.ray.data import ERRORS, _move_legacy_error_lists
+
+    (tmp_path / "part-000003.errors.json").write_text("[]")
+    _move_legacy_error_lists(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["_errors"] and (tmp_path / ERRORS.format(3)).is_file()
+
+
 def test_data_job_writes_encoder_vectors_in_order_and_resumes(
     local_ray, vit_onnx_export, encoder_for, tmp_path
 ) -> None:
@@ -68,6 +91,7 @@ def test_data_job_writes_encoder_vectors_in_order_and_resumes(
     assert {p.name: p.stat().st_mtime_ns for p in output.glob("part-*.parquet") if p.name in kept} == kept
     again = pq.read_table(sorted(output.glob("part-*.parquet")))
     assert again.column("id").to_pylist() == ids
+    assert read_whole(output, local_ray) == ids  # with bad items, and a half-written part left behind
     assert np.allclose(np.asarray(again.column("vector").to_pylist()), vectors, atol=1e-6)
 
     with pytest.raises(Exception, match="holds a job with other"):
@@ -113,6 +137,7 @@ def test_cli_encodes_a_folder_on_ray(
     vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
     assert cosines(vectors, encoder_for(NAME, "onnx").encode_image(files)).min() >= 0.9999
     assert "wrote 10 vectors" in capsys.readouterr().err
+    assert read_whole(output, local_ray) == files
 
 
 def test_an_index_builds_from_a_ray_jobs_vectors_without_embedding_again(

@@ -28,7 +28,11 @@ from clipserve.settings import EngineSettings
 
 MANIFEST = "_clipserve_job.json"
 PART = "part-{:06d}.parquet"
-ERRORS = "part-{:06d}.errors.json"
+ERRORS = "_errors/part-{:06d}.json"
+"""The bad items of a part, in a ``_`` folder: parquet readers (pyarrow, pandas, DuckDB, Ray) read
+the output directory whole and skip names starting with ``_`` or ``.``."""
+LEGACY_ERRORS = "part-*.errors.json"
+"""Where earlier versions wrote them, beside the parts (readers choked on them)."""
 
 
 class EmbedBatch:
@@ -116,6 +120,7 @@ def run_job(
         raise ClipserveError("nothing to encode")
     output.mkdir(parents=True, exist_ok=True)
     _check_manifest(output, entries, settings, shard_size)
+    _move_legacy_error_lists(output)
     shards = [entries[start : start + shard_size] for start in range(0, len(entries), shard_size)]
     todo = [number for number in range(len(shards)) if not (output / PART.format(number)).is_file()]
     if todo:
@@ -261,6 +266,15 @@ def _report(output: Path, shards: int, skipped: int) -> JobReport:
         for bad in json.loads((output / ERRORS.format(n)).read_text())
     ]
     return JobReport(output, shards, skipped, vectors, errors)
+
+
+def _move_legacy_error_lists(output: Path) -> None:
+    """Error lists an earlier version left beside the parts go where readers skip them."""
+    for legacy in output.glob(LEGACY_ERRORS):
+        number = int(legacy.name.split("-")[1].split(".")[0])
+        target = output / ERRORS.format(number)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(legacy, target)
 
 
 def _write_parquet(path: Path, vectors: np.ndarray, ids: list[str]) -> None:
