@@ -28,14 +28,39 @@ from clipserve.zoo import list_models
 CHUNK_BATCHES = 8
 
 
+class SecretFlag(argparse.Action):
+    """A secret setting given as a flag (``--api-key``): refused with where it goes instead, since
+    ``ps`` shows every process's flags."""
+
+    def __init__(self, option_strings, dest, variable: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs="?", **kwargs)
+        self.variable = variable
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(
+            f"{option_string} is not a flag: `ps` shows flags to every user of the machine. Set "
+            f"{config.ENV_PREFIX}{self.variable}, or give {option_string}-file FILE (a file holding it), "
+            f"or put it in the YAML config"
+        )
+
+
 def add_setting_flags(
     parser: argparse.ArgumentParser, kind: type[EngineSettings], only: Sequence[str] | None = None
 ) -> None:
     """One flag per setting of ``kind`` (``--max-pixels``…); not given means ``None``."""
     for f in fields(kind):
-        if not f.metadata["flag"] or (only is not None and f.name not in only):
+        if only is not None and f.name not in only:
             continue
         flag = "--" + f.name.replace("_", "-")
+        if not f.metadata["flag"]:
+            parser.add_argument(
+                flag,
+                action=SecretFlag,
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+                variable=f.name.upper(),
+            )
+            continue
         default = f.default_factory() if f.default is MISSING else f.default  # a list's is a factory
         described = {
             "help": f"{f.metadata['help']} (default: {default}; ${config.ENV_PREFIX}{f.name.upper()})"

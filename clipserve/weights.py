@@ -151,10 +151,15 @@ def is_hub_dir(path: Path) -> bool:
 
 def explicit_weights(spec: ModelSpec, weights: str | os.PathLike[str]) -> Path:
     """Validate a user-given weights path: a checkpoint file, a directory in the hub layout
-    (``open_clip_config.json``, weights, tokenizer files) or an exported ONNX directory."""
+    (``open_clip_config.json``, weights, tokenizer files) or an exported ONNX directory.
+
+    A hub-layout directory without its ``open_clip_config.json`` stands for its weights file: the
+    zoo entry of ``spec`` says what the config would (its tokenizer files are still found there)."""
     path = Path(weights).expanduser()
     if is_onnx_dir(path) or is_hub_dir(path):
         return path
+    if path.is_dir() and (inside := next((path / n for n in HUB_FILENAMES if (path / n).is_file()), None)):
+        return inside
     if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
         return path
     why = (
@@ -196,8 +201,8 @@ def find_checkpoint(spec: ModelSpec, root: Path) -> Path:
 
 def find_tokenizer(spec: ModelSpec, root: Path, candidates: list[Path | None]) -> Path:
     """A directory with ``spec.tokenizer``'s files: the first of ``candidates`` that holds a
-    ``tokenizer.json`` (a ``tokenizer=`` directory, a hub-layout weights directory, an export's
-    copy), else the cache, else a download from the tokenizer's hub repo.
+    ``tokenizer.json`` (a ``tokenizer=`` directory, a hub-layout weights directory, the folder of
+    a weights file, an export's copy), else the cache, else a download from the tokenizer's hub repo.
 
     Raises:
         WeightsUnavailable: none found; the message names the tokenizer and every place looked.

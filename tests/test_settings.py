@@ -50,15 +50,18 @@ def test_unknown_names_are_refused_with_a_suggestion(tmp_path) -> None:
         resolve(EngineSettings, max_pixel=3)
 
 
-def test_serve_flags_mirror_every_setting_but_the_secret() -> None:
+def test_serve_flags_mirror_every_setting_but_the_secret(capsys) -> None:
     parser = build_parser()
     args = parser.parse_args(["serve", "--port", "1234", "--allow-url", "--max-wait-ms", "7.5"])
     assert (args.port, args.allow_url, args.max_wait_ms, args.model) == (1234, True, 7.5, None)
     settings = resolve(ServerSettings, None, **given_settings(args, ServerSettings))
     assert (settings.port, settings.allow_url, settings.max_wait_ms) == (1234, True, 7.5)
     assert not hasattr(args, "api_key") and hasattr(args, "api_key_file")  # `ps` would show a key flag
-    with pytest.raises(SystemExit):
-        parser.parse_args(["serve", "--api-key", "visible-in-ps"])
+    for given in (["--api-key", "visible-in-ps"], ["--api-key=visible-in-ps"], ["--api-key"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", *given])
+        said = capsys.readouterr().err  # not argparse's bare "unrecognized arguments": where it goes
+        assert "CLIPSERVE_API_KEY" in said and "--api-key-file" in said and "visible-in-ps" not in said
     assert parser.parse_args(["serve", "--no-allow-url"]).allow_url is False
 
 

@@ -134,3 +134,33 @@ def test_a_recorded_size_and_checksum_are_checked(tmp_path, monkeypatch, loopbac
         find_checkpoint(dataclasses.replace(spec, url=url, size=len(payload)), tmp_path)
     good = dataclasses.replace(spec, url=url, size=len(payload), sha256=hashlib.sha256(payload).hexdigest())
     assert find_checkpoint(good, tmp_path).read_bytes() == payload
+
+
+def test_a_hub_folder_without_its_config_loads_as_the_named_zoo_model(
+    random_model, photo_paths, tmp_path
+) -> None:
+    """A folder of ``open_clip_pytorch_model.bin`` (and tokenizer files) without
+    ``open_clip_config.json``: the zoo entry named says what the config would."""
+    import shutil
+
+    from clipserve.encoder import Encoder
+    from clipserve.families.openclip import locate_tokenizer
+    from clipserve.settings import EngineSettings
+
+    checkpoint = random_model(NAME).checkpoint
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    shutil.copy(checkpoint, folder / "open_clip_pytorch_model.bin")
+    assert explicit_weights(get_spec(NAME), folder) == folder / "open_clip_pytorch_model.bin"
+    inputs = ["a photo of a cat", photo_paths[0]]
+    with (
+        Encoder(NAME, weights=folder, backend="torch", cache_dir=tmp_path / "a") as from_folder,
+        Encoder(NAME, weights=checkpoint, backend="torch", cache_dir=tmp_path / "b") as from_file,
+    ):
+        assert cosines(from_folder.encode(inputs), from_file.encode(inputs)).min() > 0.99999
+    (folder / "tokenizer.json").write_text("{}")  # a Hugging Face tokenizer's files sit in the folder too
+    siglip = get_spec("ViT-B-16-SigLIP::webli")
+    weights = explicit_weights(siglip, folder)
+    assert locate_tokenizer(siglip, EngineSettings(), weights, tmp_path / "cache") == folder
+    with pytest.raises(WeightsUnavailable, match="neither a checkpoint file"):
+        explicit_weights(siglip, tmp_path)  # a folder of neither

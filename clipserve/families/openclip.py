@@ -33,6 +33,7 @@ from clipserve.preprocess.image import (
 from clipserve.preprocess.text import BUILTIN_TOKENIZER, ClipTokenizer, HfTokenizer
 from clipserve.settings import EngineSettings
 from clipserve.weights import (
+    HUB_FILENAMES,
     TOKENIZER_DIR,
     cache_dir,
     explicit_weights,
@@ -93,12 +94,15 @@ def locate_tokenizer(
     spec: ModelSpec, settings: EngineSettings, weights: Path | None, cache: Path
 ) -> Path | None:
     """The directory of ``spec``'s Hugging Face tokenizer (None for CLIP's built-in BPE): the
-    ``tokenizer`` setting, the weights directory (hub layout, or an export's copy), the cache, the hub."""
+    ``tokenizer`` setting, the weights directory (hub layout, or an export's copy) or the folder of
+    a hub-layout weights file, the cache, the hub."""
     if spec.tokenizer == BUILTIN_TOKENIZER:
         return None
     candidates = [Path(settings.tokenizer).expanduser() if settings.tokenizer else None]
     if weights is not None and weights.is_dir():
         candidates += [weights, weights / TOKENIZER_DIR]
+    elif weights is not None and weights.name in HUB_FILENAMES:
+        candidates.append(weights.parent)
     return find_tokenizer(spec, cache, candidates)
 
 
