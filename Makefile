@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 # The playground's browser tests drive Debian's chromium (Playwright downloads no browser here).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup chromium test lint bench zoo
+.PHONY: setup chromium test lint docs bench zoo
 
 setup: chromium
 	python3 -m venv $(VENV)
@@ -29,7 +29,11 @@ lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+# The docs site (docs/, mkdocs.yml) into site/: strict (a broken link or anchor fails), offline.
+docs:
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+test: lint docs
 	$(VENV)/bin/pytest
 
 bench:

@@ -1,6 +1,6 @@
-"""Print the README's settings tables from the settings declaration (``clipserve/settings.py``).
+"""Print the settings tables of docs/library.md from the settings declaration (``clipserve/settings.py``).
 
-Usage: ``python scripts/settings_table.py`` (paste the output into the README's settings section).
+Usage: ``python scripts/settings_table.py`` (paste the output into the settings section of docs/library.md).
 """
 
 from __future__ import annotations

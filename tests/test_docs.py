@@ -1,27 +1,90 @@
-"""The README stays true to the code: its settings tables are the declaration's."""
+"""The documentation stays true to the code: the settings tables are the declaration's, every
+Python example compiles, and every ``clipserve`` command shown parses with today's flags."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import runpy
+import shlex
 
+import pytest
+
+from clipserve.cli import build_parser
 from clipserve.settings import EngineSettings, ServerSettings
 from tests.conftest import REPO
 
+PAGES = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
-def test_readme_lists_every_setting_as_declared() -> None:
-    readme = (REPO / "README.md").read_text()
+
+def blocks(language: str) -> list[tuple[str, str]]:
+    """``(page, code)`` of every fenced block of ``language`` in the docs and the README."""
+    return [
+        (page.name, code)
+        for page in PAGES
+        for kind, code in FENCE.findall(page.read_text())
+        if kind == language
+    ]
+
+
+def test_the_library_page_lists_every_setting_as_declared() -> None:
+    page = (REPO / "docs" / "library.md").read_text()
     table = runpy.run_path(str(REPO / "scripts" / "settings_table.py"))
     server_rows = table["rows"](ServerSettings, table["inherited"]())
     rows = table["rows"](EngineSettings, set()) + server_rows
     named = {row.split("`")[1] for row in rows}
     assert named == {f.name for f in dataclasses.fields(ServerSettings)}
     assert any(row.startswith("| `model` |") for row in server_rows)  # the server's model is a list
-    missing = [row for row in rows if row not in readme]
-    assert not missing, "README settings tables are stale; run scripts/settings_table.py:\n" + "\n".join(
-        missing
+    missing = [row for row in rows if row not in page]
+    assert not missing, (
+        "docs/library.md settings tables are stale; run scripts/settings_table.py:\n" + "\n".join(missing)
     )
 
 
-def test_readme_stands_alone() -> None:
-    assert "../shared" not in (REPO / "README.md").read_text()
+def test_the_readme_stands_alone_as_a_front_page() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "../shared" not in readme
+    assert len(readme.splitlines()) < 150
+    for target in re.findall(r"\]\((docs/[^)#]+)", readme):
+        assert (REPO / target).is_file(), target
+
+
+@pytest.mark.parametrize(("page", "code"), blocks("python"), ids=lambda value: str(value)[:40])
+def test_python_examples_compile(page: str, code: str) -> None:
+    compile(code.replace("async with", "with").replace("await ", ""), page, "exec")
+
+
+def clipserve_commands(code: str) -> list[list[str]]:
+    """The ``clipserve ...`` command lines of a shell block, as argument lists (continuations
+    joined, comments, variables set before the command and a trailing ``&`` dropped)."""
+    commands = []
+    for line in code.replace("\\\n", " ").splitlines():
+        line = line.split(" #", 1)[0].strip().rstrip("&").strip()
+        words = shlex.split(line, comments=True) if line else []
+        while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+            words = words[1:]
+        if words[:1] == ["$"]:
+            words = words[1:]
+        if words[:1] == ["clipserve"] and "$(" not in line:
+            commands.append(words[1:])
+    return commands
+
+
+COMMANDS = [
+    (page, words)
+    for language in ("bash", "console")
+    for page, code in blocks(language)
+    for words in clipserve_commands(code)
+]
+
+
+def test_the_docs_show_commands() -> None:
+    assert len(COMMANDS) >= 20
+
+
+@pytest.mark.parametrize(
+    ("page", "words"), COMMANDS, ids=lambda value: " ".join(value) if isinstance(value, list) else value
+)
+def test_every_command_shown_parses(page: str, words: list[str]) -> None:
+    build_parser().parse_args(words)

@@ -52,16 +52,18 @@ NPY = "application/x-npy"
 PLAYGROUND = Path(__file__).parent / "playground"
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
+def create_app(settings: ServerSettings, load: bool = True) -> FastAPI:
     """The ASGI app for ``settings`` (models, limits, auth, batching); loads the default model (and,
-    with ``preload``, every one) now, so a bad model or weights fails before the server binds."""
+    with ``preload``, every one) now, so a bad model or weights fails before the server binds.
+    ``load=False`` loads nothing (the routes alone: the documentation's API reference)."""
     settings.resolved_api_key()  # a missing or empty key file fails before any model loads
     index = open_index(settings) if settings.index else None
     if index is not None:
         settings = serving_the_index(settings, index)
     metrics = Metrics()
     pool = ModelPool(settings, metrics)
-    pool.load_at_start()
+    if load:
+        pool.load_at_start()
     bodies = schemas.request_models(settings.max_items)
 
     @asynccontextmanager
