@@ -36,10 +36,8 @@ def zoo_table() -> str:
         "| --- | --- | ---: | ---: | --- | --- |",
     ]
     for spec in list_models():
-        name = spec.display_name or spec.name
-        rows.append(
-            f"| `{name}` | {spec.family} | {spec.dim} | {spec.image_size[0]} | {spec.tokenizer} | {spec.licence} |"
-        )
+        cells = [f"`{spec.display_name or spec.name}`", spec.family, spec.dim, spec.image_size[0]]
+        rows.append("| " + " | ".join(map(str, [*cells, spec.tokenizer, spec.licence])) + " |")
     return "\n".join(rows)
 
 
