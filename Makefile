@@ -28,6 +28,7 @@ chromium:
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 # The docs site (docs/, mkdocs.yml) into site/: strict (a broken link or anchor fails), offline.
 docs:

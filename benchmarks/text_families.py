@@ -62,7 +62,7 @@ def mclip_rows(workdir: Path, texts: list[str], batch: int) -> list[tuple[str, f
     from multilingual_clip.pt_multilingual_clip import MultilingualCLIP
 
     from clipserve.encoder import Encoder
-    from clipserve.families.hf_configs import config_dir
+    from clipserve.hf_configs import config_dir
 
     name = "M-CLIP/XLM-Roberta-Large-Vit-B-32"
     directory = workdir / "mclip"

@@ -13,6 +13,7 @@ from clipserve.families import load_model, resolve_model
 from clipserve.inputs import AUDIO_RATE, Item, to_item
 from clipserve.pipeline import Pipeline
 from clipserve.settings import EngineSettings, options_doc, resolve
+from clipserve.vectors import clip_scores
 from clipserve.zoo import ModelSpec
 
 
@@ -194,15 +195,6 @@ class Encoder:
 
 
 Encoder.__doc__ = (Encoder.__doc__ or "") + "\n" + options_doc(EngineSettings) + "\n"
-
-
-def clip_scores(query: np.ndarray, candidates: np.ndarray, logit_scale: float | np.ndarray):
-    """``(order best first, clip_score, cosine)``: softmax over candidates of ``logit_scale × cosine``."""
-    cosines = candidates @ query
-    logits = np.asarray(logit_scale, dtype=np.float64) * cosines.astype(np.float64)
-    scores = np.exp(logits - logits.max())
-    scores /= scores.sum()
-    return np.argsort(-scores, kind="stable"), scores, cosines
 
 
 def _as_list(inputs: Any) -> list[Any]:

@@ -25,6 +25,7 @@ from clipserve.inputs import Item, decode_base64, decode_data_uri
 from clipserve.resources import available_cpus
 from clipserve.settings import EngineSettings
 from clipserve.text_cache import TextCache
+from clipserve.vectors import normalise
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +225,3 @@ class Pipeline:
         errors.extend(failed.values())
         kept = [p for p in range(len(batch)) if p not in failed]
         out[[batch[p][0] for p in kept]] = rows[kept]
-
-
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm, float32."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)

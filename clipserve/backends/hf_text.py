@@ -20,7 +20,7 @@ from torch import nn
 
 from clipserve.backends.torch import precision_dtype, resolve_device
 from clipserve.errors import WeightsUnavailable, listed
-from clipserve.families.hf_configs import config_dir
+from clipserve.hf_configs import config_dir
 from clipserve.weights import EXPORT_FORMAT, staged_dir, write_export_meta
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from torch import nn
 from clipserve.backends.base import check_precision
 from clipserve.backends.torchscript import archive_state_dict, is_torchscript_archive
 from clipserve.errors import DeviceUnavailable, UnsupportedModel
-from clipserve.families.hf_configs import config_dir
+from clipserve.hf_configs import config_dir
 from clipserve.resources import BF16_FLAGS, cpu_flags, cpu_model
 from clipserve.weights import OPEN_CLIP_CONFIG
 from clipserve.zoo import ModelSpec
@@ -28,7 +28,7 @@ def load_open_clip_model(spec: ModelSpec, checkpoint: Path) -> nn.Module:
     ``checkpoint`` is a weights file of the zoo architecture (a state dict, or an OpenAI ``clip``
     TorchScript archive, read by :mod:`clipserve.backends.torchscript`), or a directory in the hub
     layout (its own ``open_clip_config.json``). A Hugging Face text tower is built from a local copy of
-    its transformer config (:func:`clipserve.families.hf_configs.config_dir`), never downloaded.
+    its transformer config (:func:`clipserve.hf_configs.config_dir`), never downloaded.
     """
     archive = checkpoint.is_file() and is_torchscript_archive(checkpoint)
     if checkpoint.is_dir():

@@ -26,11 +26,11 @@ from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.families.base import Tower
 from clipserve.families.openclip import image_tower, text_tower
 from clipserve.inputs import Item
-from clipserve.pipeline import normalise
 from clipserve.preprocess.audio import WINDOW, AudioLimits, decode_audio, windows
 from clipserve.preprocess.budget import process_budget
 from clipserve.preprocess.text import ClipTokenizer
 from clipserve.settings import EngineSettings
+from clipserve.vectors import normalise
 from clipserve.weights import (
     cache_dir,
     explicit_weights,

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from clipserve.encoder import Encoder, clip_scores
+from clipserve.encoder import Encoder
 from clipserve.errors import ClipserveError, InvalidInput, echo
 from clipserve.inputs import AUDIO_RATE, Item, data_uri_modality, sniff_file, to_item, uri_kind
+from clipserve.vectors import clip_scores
 
 PATH_PATTERN = re.compile(r"^(r|[cm]+)$")
 

@@ -28,7 +28,6 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from clipserve.encoder import clip_scores
 from clipserve.errors import ClipserveError, InvalidInput, echo
 from clipserve.inputs import Item, openai_item
 from clipserve.server import schemas
@@ -44,6 +43,7 @@ from clipserve.server.metrics import Metrics
 from clipserve.server.models import ModelPool, ServedModel
 from clipserve.server.responses import json_response, openai_embeddings
 from clipserve.settings import MODEL_WEIGHTS_SEPARATOR, ServerSettings
+from clipserve.vectors import clip_scores
 from clipserve.zoo import DEFAULT_MODEL, canonical_name
 
 log = logging.getLogger(__name__)

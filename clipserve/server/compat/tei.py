@@ -8,13 +8,13 @@ as CLIP was trained. ``normalize: false`` is refused rather than answered with n
 refuses a text that fills the whole context (422), as TEI refuses an over-long one.
 """
 
+from importlib.metadata import version
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import Field
 
-from clipserve import __version__
 from clipserve.errors import ClipserveError, InvalidInput
 from clipserve.inputs import Item
 from clipserve.server.compat.shared import Tolerant, embedded
@@ -89,7 +89,7 @@ def router(pool: ModelPool, settings: ServerSettings) -> APIRouter:
             "max_client_batch_size": settings.max_items,
             "auto_truncate": True,
             "tokenization_workers": 1,
-            "version": f"clipserve {__version__}",
+            "version": f"clipserve {version('clipserve')}",
             "sha": None,
             "docker_label": None,
         }
