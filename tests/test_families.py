@@ -350,3 +350,17 @@ def test_mclip_exports_run_without_torch(mclip, random_model, cache_root, tmp_pa
     assert result.returncode == 0, result.stderr
     with Encoder(MCLIP, weights=directory, image_weights=image_weights, cache_dir=cache_root) as reference:
         assert cosines(np.load(vectors), reference.encode_text(TEXTS)).min() > 0.99999
+
+
+def test_mclips_text_export_refuses_to_derive_from_a_non_fp32_export(tmp_path) -> None:
+    """As every other family: int8 or fp16 are derived from an fp32 export only."""
+    from clipserve.errors import UnsupportedModel
+    from clipserve.families.mclip import text_export
+    from clipserve.weights import ONNX_MARKER
+    from clipserve.zoo import get_spec
+
+    given = tmp_path / "int8-export"
+    given.mkdir()
+    (given / ONNX_MARKER).write_text(json.dumps({"precision": "int8", "model": MCLIP}))
+    with pytest.raises(UnsupportedModel, match="int8 export; pass an fp32 export"):
+        text_export(get_spec(MCLIP), given, tmp_path / "cache", "fp16", tmp_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clipserve.backends.base import check_engine
-from clipserve.backends.factory import BACKENDS, create_backend, fingerprint
+from clipserve.backends.factory import BACKENDS, create_backend, onnx_model_dir
 from clipserve.cache import enforce_cap, touch
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.families.base import Tower
@@ -32,11 +32,8 @@ from clipserve.weights import (
     cache_dir,
     download_hub_files,
     find_tokenizer,
-    is_current_export,
     is_onnx_dir,
     offline,
-    onnx_cache,
-    read_export_meta,
 )
 from clipserve.zoo import ModelSpec, get_spec
 
@@ -142,39 +139,28 @@ def text_encoder(
     from clipserve.backends.onnx import OnnxTextEncoder
 
     export = text_export(spec, source, cache, settings.precision, tokenizer_dir)
-    touch(export)
     return OnnxTextEncoder(export, settings.device, settings.precision, spin)
 
 
 def text_export(spec: ModelSpec, source: Path, cache: Path, precision: str, tokenizer_dir: Path) -> Path:
-    """An ONNX export of the text encoder in ``precision`` (given, cached or made once)."""
-    if is_onnx_dir(source):
-        given = read_export_meta(source)["precision"]
-        if given == precision:
-            return source
-        fp32_dir = source
-    else:
-        fp32_dir = onnx_cache(spec, cache, fingerprint(source, cache), "fp32")
-        if not is_current_export(fp32_dir):
-            try:
-                from clipserve.backends.hf_text import export_mean_pooled, load_mean_pooled
-            except ImportError as exc:
-                raise WeightsUnavailable(
-                    f"{spec.name} needs an ONNX export of its text encoder, and exporting needs torch "
-                    f"({exc}). Install `clipserve[torch]` once, or pass an exported directory."
-                ) from exc
-            model = load_mean_pooled(source, spec.text_base, spec.dim)
-            meta = {"model": spec.name, "arch": spec.arch, "dim": spec.dim, "source": str(source)}
-            meta["spec"] = dataclasses.asdict(spec)
-            export_mean_pooled(model, fp32_dir, meta, tokenizer_dir)
-    if precision == "fp32":
-        return fp32_dir
-    target = onnx_cache(spec, cache, fingerprint(fp32_dir, cache), precision)
-    if not is_onnx_dir(target):
-        from clipserve.backends.precision import derive
+    """An ONNX export of the text encoder in ``precision`` (given, cached or made once), by the
+    loader every family uses (:func:`~clipserve.backends.factory.onnx_model_dir`)."""
 
-        derive(precision, fp32_dir, target)
-    return target
+    def export(spec: ModelSpec, checkpoint: Path, target: Path) -> Path:
+        try:
+            from clipserve.backends.hf_text import export_mean_pooled, load_mean_pooled
+        except ImportError as exc:
+            raise WeightsUnavailable(
+                f"{spec.name} needs an ONNX export of its text encoder, and exporting needs torch "
+                f"({exc}). Install `clipserve[torch]` once, or pass an exported directory."
+            ) from exc
+        model = load_mean_pooled(checkpoint, spec.text_base, spec.dim)
+        meta = {"model": spec.name, "arch": spec.arch, "dim": spec.dim, "source": str(checkpoint)}
+        meta["spec"] = dataclasses.asdict(spec)
+        export_mean_pooled(model, target, meta, tokenizer_dir)
+        return target
+
+    return onnx_model_dir(spec, source, cache, precision, tokenizer_dir, exporter=export)
 
 
 def mean_pooled_text_tower(tokenizer: HfTokenizer, encoder, max_chars: int) -> Tower:
