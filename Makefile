@@ -9,7 +9,7 @@ UV := $(VENV)/bin/uv
 # The playground's browser tests drive Debian's chromium (Playwright downloads no browser here).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup chromium test lint docs bench zoo
+.PHONY: setup chromium test test-fast lint docs bench zoo
 
 setup: chromium
 	python3 -m venv $(VENV)
@@ -36,6 +36,10 @@ docs:
 
 test: lint docs
 	$(VENV)/bin/pytest
+
+# While working: the suite without the tests marked slow (full-size exports, Ray, browsers).
+test-fast: lint
+	$(VENV)/bin/pytest -m "not slow"
 
 bench:
 	$(PY) benchmarks/cpu_encode.py

@@ -1,7 +1,7 @@
 """clipserve: texts and images into one CLIP latent space, as a library, a CLI and an HTTP service."""
 
 from clipserve.client import AsyncClient, Client, ServerError
-from clipserve.encoder import Encoder, EncodeResult, RankedMatch
+from clipserve.encoder import Encoder, EncodeResult
 from clipserve.errors import (
     ClipserveError,
     DeviceUnavailable,
@@ -10,6 +10,7 @@ from clipserve.errors import (
     UnsupportedModel,
     WeightsUnavailable,
 )
+from clipserve.vectors import RankedMatch
 from clipserve.zoo import ModelSpec, get_spec, list_models
 
 __version__ = "0.1.0"

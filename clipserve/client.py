@@ -14,7 +14,6 @@ import base64
 import io
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from clipserve.errors import ClipserveError, InvalidInput
 from clipserve.inputs import to_item
 from clipserve.preprocess.image import decode_image
+from clipserve.vectors import RankedMatch
 
 NPY = "application/x-npy"
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -37,15 +37,6 @@ class ServerError(ClipserveError):
     def __init__(self, status: int, error: str, detail: str, index: int | None) -> None:
         self.status, self.error, self.detail, self.index = status, error, detail, index
         super().__init__(f"{status} {error}: {detail}")
-
-
-@dataclass(frozen=True)
-class Ranked:
-    """One candidate of :meth:`Client.rank`, best first."""
-
-    index: int
-    clip_score: float
-    cosine: float
 
 
 def to_payload(value: Any, index: int) -> dict[str, str]:
@@ -121,8 +112,11 @@ def _for_model(body: dict, model: str | None) -> dict:
     return body if model is None else {**body, "model": model}
 
 
-def _ranked(response: httpx.Response) -> list[Ranked]:
-    return [Ranked(m["index"], m["clip_score"], m["cosine"]) for m in response.json()["matches"]]
+def _ranked(response: httpx.Response, candidates: Sequence[Any]) -> list[RankedMatch]:
+    return [
+        RankedMatch(m["index"], m["clip_score"], m["cosine"], candidates[m["index"]])
+        for m in response.json()["matches"]
+    ]
 
 
 def _retry_delay(response: httpx.Response | None, attempt: int, backoff_s: float) -> float:
@@ -198,9 +192,9 @@ class Client:
             return np.concatenate([self._encode_batch(s, half) for s, half in halves(start, body)])
         return np.load(io.BytesIO(response.content))
 
-    def rank(self, query: Any, candidates: Sequence[Any], model: str | None = None) -> list[Ranked]:
+    def rank(self, query: Any, candidates: Sequence[Any], model: str | None = None) -> list[RankedMatch]:
         """Candidates sorted by ``clip_score`` (softmax of ``logit_scale × cosine``), best first."""
-        return _ranked(self._post("/rank", _rank_body(query, candidates, model)))
+        return _ranked(self._post("/rank", _rank_body(query, candidates, model)), candidates)
 
 
 class AsyncClient:
@@ -289,6 +283,8 @@ class AsyncClient:
             return np.concatenate([await self._encode_batch(*first), await self._encode_batch(*second)])
         return np.load(io.BytesIO(response.content))
 
-    async def rank(self, query: Any, candidates: Sequence[Any], model: str | None = None) -> list[Ranked]:
+    async def rank(
+        self, query: Any, candidates: Sequence[Any], model: str | None = None
+    ) -> list[RankedMatch]:
         """Candidates sorted by ``clip_score``, best first."""
-        return _ranked(await self._post("/rank", _rank_body(query, candidates, model)))
+        return _ranked(await self._post("/rank", _rank_body(query, candidates, model)), candidates)

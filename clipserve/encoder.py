@@ -13,20 +13,8 @@ from clipserve.families import load_model, resolve_model
 from clipserve.inputs import AUDIO_RATE, Item, to_item
 from clipserve.pipeline import Pipeline
 from clipserve.settings import EngineSettings, options_doc, resolve
-from clipserve.vectors import clip_scores
+from clipserve.vectors import RankedMatch, clip_scores
 from clipserve.zoo import ModelSpec
-
-
-@dataclass(frozen=True)
-class RankedMatch:
-    """One candidate of :meth:`Encoder.rank`, best first."""
-
-    index: int
-    """Position of the candidate in the list given to ``rank``."""
-    clip_score: float
-    """Softmax over the candidates of ``logit_scale × cosine`` (sums to 1 over all candidates)."""
-    cosine: float
-    candidate: Any
 
 
 @dataclass(frozen=True)

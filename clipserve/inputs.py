@@ -43,11 +43,6 @@ class Item:
     value: Any
 
 
-def to_items(inputs: list[Any], allow_url: bool = False) -> list[Item]:
-    """Classify every input; raises :class:`InvalidInput` naming the first unusable one."""
-    return [to_item(i, value, allow_url) for i, value in enumerate(inputs)]
-
-
 def to_item(index: int, value: Any, allow_url: bool = False) -> Item:
     """Classify one library value (see the module docstring for the rules)."""
     if isinstance(value, str):

@@ -268,10 +268,6 @@ class ServerSettings(EngineSettings):
 S = typing.TypeVar("S", bound=EngineSettings)
 
 
-def help_text(kind: type[EngineSettings], name: str) -> str:
-    return next(f.metadata["help"] for f in fields(kind) if f.name == name)
-
-
 def value_type(kind: type[EngineSettings], name: str) -> type:
     """The plain type of a setting (``int`` for ``int | None``, ``str`` for a list of str)."""
     hint = typing.get_type_hints(kind)[name]

@@ -1,9 +1,25 @@
-"""Operations on embedding rows, below every other module: unit normalisation and CLIP's rank
-scores."""
+"""Operations on embedding rows, below every other module: unit normalisation, CLIP's rank
+scores, and the one name of a rank result."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class RankedMatch:
+    """One candidate of a ranking (``Encoder.rank``, ``Client.rank``, ``/rank``), best first."""
+
+    index: int
+    """Position of the candidate in the list given to ``rank``."""
+    clip_score: float
+    """Softmax over the candidates of ``logit_scale × cosine`` (sums to 1 over all candidates)."""
+    cosine: float
+    candidate: Any = None
+    """The candidate as given (on the server's answer, which does not echo them: None)."""
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

@@ -8,12 +8,12 @@ from PIL import Image
 
 from clipserve.errors import InvalidInput
 from clipserve.inputs import (
+    Item,
     data_uri_modality,
     decode_data_uri,
     openai_item,
     sniff_bytes,
     to_item,
-    to_items,
     wire_item,
 )
 
@@ -28,11 +28,15 @@ def _wav() -> bytes:
     return buffer.getvalue()
 
 
+def to_list(values: list) -> list[Item]:
+    return [to_item(i, value) for i, value in enumerate(values)]
+
+
 def test_modality_rules(photo_paths, tmp_path) -> None:
     png = photo_paths[0].read_bytes()
     data_uri = "data:image/png;base64," + base64.b64encode(png).decode()
     (tmp_path / "clip.bin").write_bytes(_wav())
-    items = to_items(
+    items = to_list(
         [
             "a photo of a cat",
             str(photo_paths[0]),
@@ -111,7 +115,7 @@ def test_wire_and_openai_items_stay_undecoded() -> None:
 )
 def test_bad_inputs_name_their_index(value, message: str) -> None:
     with pytest.raises(InvalidInput, match=message) as info:
-        to_items(["fine", value])
+        [to_item(i, v) for i, v in enumerate(["fine", value])]
     assert info.value.index == 1
     assert str(info.value).startswith("item 1: ")
 

@@ -110,6 +110,7 @@ def test_rank_matches_encoder_rank(server, photo_paths, encoder_for) -> None:
     assert [r.index for r in ranked] == [m.index for m in expected]
     for got, want in zip(ranked, expected, strict=True):
         assert got.clip_score == pytest.approx(want.clip_score, abs=1e-4)
+        assert type(got) is type(want) and got.candidate == want.candidate  # one name, one shape
     image_query = httpx.post(
         f"{url}/rank",
         json={

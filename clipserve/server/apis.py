@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-ErrorBody = Callable[[int, str, str, "int | None"], dict]
+ErrorShape = Callable[[int, str, str, "int | None"], dict]
 """``(status, error name, detail, item index) -> body``."""
 
 
@@ -45,7 +45,7 @@ def tei_error(status: int, error: str, detail: str, index: int | None) -> dict:
 @dataclass(frozen=True)
 class Api:
     name: str
-    error_body: ErrorBody
+    error_body: ErrorShape
 
 
 CLIPSERVE = Api("clipserve", clipserve_error)

@@ -156,7 +156,7 @@ def create_app(settings: ServerSettings, load: bool = True) -> FastAPI:
                 raise InvalidInput(f"query: {exc.reason}") from exc
             raise InvalidInput(f"candidate: {exc.reason}", exc.index - 1) from exc
         order, scores, cosines = clip_scores(vectors[0], vectors[1:], scales)
-        matches = [schemas.Match(index=int(i), clip_score=scores[i], cosine=cosines[i]) for i in order]
+        matches = [schemas.RankedMatch(index=int(i), clip_score=scores[i], cosine=cosines[i]) for i in order]
         return schemas.RankResponse(model=model.name, matches=matches)
 
     @app.post("/v1/embeddings", responses={200: {"model": schemas.EmbeddingsResponse}})

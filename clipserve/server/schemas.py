@@ -159,7 +159,9 @@ class EncodeResponse(BaseModel):
     embeddings: list[list[float]]
 
 
-class Match(BaseModel):
+class RankedMatch(BaseModel):
+    """A candidate of ``/rank``, best first (``clipserve.vectors.RankedMatch`` on the wire)."""
+
     index: int
     clip_score: float
     cosine: float
@@ -167,7 +169,7 @@ class Match(BaseModel):
 
 class RankResponse(BaseModel):
     model: str
-    matches: list[Match]
+    matches: list[RankedMatch]
 
 
 class Embedding(BaseModel):
@@ -186,9 +188,3 @@ class EmbeddingsResponse(BaseModel):
     data: list[Embedding]
     model: str
     usage: Usage
-
-
-class ErrorBody(BaseModel):
-    error: str
-    detail: str
-    index: int | None = None
