@@ -158,9 +158,19 @@ class Encoder:
             raise InvalidInput("rank needs at least one candidate")
         items = [self._sniff(i, value) for i, value in enumerate([query, *candidates])]
         vectors = self._strict(items)
-        scales = [self.logit_scale(items[0].modality, item.modality) for item in items[1:]]
-        order, scores, cosines = clip_scores(vectors[0], vectors[1:], np.asarray(scales))
+        order, scores, cosines = self.rank_vectors(
+            vectors[0], items[0].modality, vectors[1:], [item.modality for item in items[1:]]
+        )
         return [RankedMatch(int(i), float(scores[i]), float(cosines[i]), candidates[i]) for i in order]
+
+    def rank_vectors(
+        self, query: np.ndarray, query_modality: str, candidates: np.ndarray, modalities: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(order best first, clip_score, cosine)`` of embedded candidates: the softmax of
+        ``logit_scale × cosine``, with the model's temperature for each pair of modalities (the one
+        rank rule of the library, the server and the Jina executors)."""
+        scales = np.asarray([self.logit_scale(query_modality, modality) for modality in modalities])
+        return clip_scores(query, candidates, scales)
 
     # -- internals --------------------------------------------------------------------------------
 

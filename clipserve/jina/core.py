@@ -20,7 +20,6 @@ import numpy as np
 from clipserve.encoder import Encoder
 from clipserve.errors import ClipserveError, InvalidInput, echo
 from clipserve.inputs import AUDIO_RATE, Item, data_uri_modality, sniff_file, to_item, uri_kind
-from clipserve.vectors import clip_scores
 
 PATH_PATTERN = re.compile(r"^(r|[cm]+)$")
 
@@ -163,10 +162,10 @@ class ExecutorCore:
             if not candidate_jobs:
                 continue
             candidate_vectors = vectors[[job.item.index for job in candidate_jobs]]
-            scales = [
-                self.encoder.logit_scale(query_job.item.modality, j.item.modality) for j in candidate_jobs
-            ]
-            order, scores, cosines = clip_scores(query_vector, candidate_vectors, np.asarray(scales))
+            modalities = [job.item.modality for job in candidate_jobs]
+            order, scores, cosines = self.encoder.rank_vectors(
+                query_vector, query_job.item.modality, candidate_vectors, modalities
+            )
             for job, score, cosine in zip(candidate_jobs, scores, cosines, strict=True):
                 self.writer.set_scores(job.doc, float(score), float(cosine))
                 self.writer.set_embedding(job.doc, None)

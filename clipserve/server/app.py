@@ -43,7 +43,6 @@ from clipserve.server.metrics import Metrics
 from clipserve.server.models import ModelPool, ServedModel
 from clipserve.server.responses import json_response, openai_embeddings
 from clipserve.settings import MODEL_WEIGHTS_SEPARATOR, ServerSettings
-from clipserve.vectors import clip_scores
 from clipserve.zoo import DEFAULT_MODEL, canonical_name
 
 log = logging.getLogger(__name__)
@@ -149,13 +148,13 @@ def create_app(settings: ServerSettings, load: bool = True) -> FastAPI:
             items = items_of([body.query, *body.candidates])
             async with pool.use(model) as service:
                 vectors, _ = await service.embed(items)
-                scale = service.encoder.logit_scale
-                scales = np.asarray([scale(items[0].modality, item.modality) for item in items[1:]])
+                order, scores, cosines = service.encoder.rank_vectors(
+                    vectors[0], items[0].modality, vectors[1:], [item.modality for item in items[1:]]
+                )
         except InvalidInput as exc:
             if exc.index == 0:
                 raise InvalidInput(f"query: {exc.reason}") from exc
             raise InvalidInput(f"candidate: {exc.reason}", exc.index - 1) from exc
-        order, scores, cosines = clip_scores(vectors[0], vectors[1:], scales)
         matches = [schemas.RankedMatch(index=int(i), clip_score=scores[i], cosine=cosines[i]) for i in order]
         return schemas.RankResponse(model=model.name, matches=matches)
 
