@@ -1,0 +1,126 @@
+"""batching.py alone, with a fake tower (a function of a batch that records what it was given)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from clipserve.batching import DynamicBatcher, by_cost, chunks, prefetched
+from clipserve.errors import InvalidInput, Overloaded
+
+
+class FakeTower:
+    """``run`` doubles each item; an item ``"bad"`` gets an error row, ``"crash"`` fails the call."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.batches: list[list] = []
+        self.seconds = seconds
+
+    def run(self, batch: list) -> list:
+        self.batches.append(list(batch))
+        time.sleep(self.seconds)
+        if "crash" in batch:
+            raise RuntimeError("the model call failed")
+        return [InvalidInput("bad item") if item == "bad" else item * 2 for item in batch]
+
+
+def test_chunks_and_cost_groups_keep_every_position_once() -> None:
+    assert [list(c) for c in chunks(list(range(7)), 3)] == [[0, 1, 2], [3, 4, 5], [6]]
+    costs = [5, 1, 9, 1, 5, 3]
+    groups = list(by_cost(costs, 2))
+    assert sorted(p for g in groups for p in g) == list(range(len(costs)))
+    assert [[costs[p] for p in g] for g in groups] == [[1, 1], [3, 5], [5, 9]]  # similar costs together
+    assert groups[0] == [1, 3]  # stable among equal costs
+
+
+def test_prefetch_prepares_ahead_and_keeps_failures_in_their_slot() -> None:
+    started: list[int] = []
+
+    def prepare(item: int) -> int:
+        started.append(item)
+        if item == 4:
+            raise ValueError("bad")
+        return item * 10
+
+    with ThreadPoolExecutor(2) as pool:
+        batches = prefetched([[0, 1], [2, 3], [4, 5], [6]], prepare, pool, ahead=1)
+        first, prepared = next(batches)
+        assert (list(first), prepared) == ([0, 1], [0, 10])
+        time.sleep(0.05)
+        assert set(started) >= {2, 3}  # the next batch is being prepared while this one runs
+        rest = list(batches)
+    assert [list(b) for b, _ in rest] == [[2, 3], [4, 5], [6]]
+    failed = rest[1][1]
+    assert isinstance(failed[0], ValueError) and failed[1] == 50
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_concurrent_callers_share_batches_in_submission_order() -> None:
+    tower = FakeTower(seconds=0.02)
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(tower.run, executor, max_batch_size=4, max_wait_ms=50)
+            answers = await asyncio.gather(
+                batcher.submit([1, 2]), batcher.submit([3]), batcher.submit([4, 5, 6])
+            )
+            await batcher.close()
+        return answers
+
+    assert run(scenario()) == [[2, 4], [6], [8, 10, 12]]
+    assert [len(b) for b in tower.batches] == [4, 2]  # merged across callers, at most 4 a call
+    assert [x for b in tower.batches for x in b] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_bad_row_fails_its_caller_only_and_a_failed_call_fails_its_batch() -> None:
+    tower = FakeTower()
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(tower.run, executor, max_batch_size=8, max_wait_ms=20)
+            good, bad = await asyncio.gather(
+                batcher.submit([1]), batcher.submit(["bad"]), return_exceptions=True
+            )
+            crashed = await asyncio.gather(
+                batcher.submit(["crash"]), batcher.submit([2]), return_exceptions=True
+            )
+            after = await batcher.submit([3])  # the batcher keeps serving
+            await batcher.close()
+        return good, bad, crashed, after
+
+    good, bad, crashed, after = run(scenario())
+    assert good == [2] and isinstance(bad, InvalidInput)
+    assert all(isinstance(c, RuntimeError) for c in crashed)
+    assert after == [6]
+
+
+def test_a_full_queue_refuses_at_once_but_an_empty_one_takes_any_request() -> None:
+    release = threading.Event()
+
+    def slow(batch: list) -> list:
+        release.wait(5)
+        return batch
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(slow, executor, max_batch_size=1, max_wait_ms=0, max_queue=3)
+            huge = asyncio.ensure_future(
+                batcher.submit(list(range(10)))
+            )  # > max_queue: an empty queue takes it
+            await asyncio.sleep(0.05)
+            assert batcher.depth > 0
+            with pytest.raises(Overloaded, match="limit 3"):
+                await batcher.submit([1, 2, 3, 4])
+            release.set()
+            answer = await huge
+            await batcher.close()
+        return answer
+
+    assert run(scenario()) == list(range(10))
