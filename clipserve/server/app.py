@@ -1,5 +1,7 @@
-"""FastAPI routes: /encode, /rank, /v1/embeddings, /v1/models, /healthz, /readyz, /metrics, and
-those of a served index and of the enabled compat APIs.
+"""The FastAPI app: its middleware, its error answers, and its routers, one by API (clipserve's
+own in :mod:`~clipserve.server.native`, OpenAI's in :mod:`~clipserve.server.openai_api`, the
+operators' in :mod:`~clipserve.server.ops`, a served index's in :mod:`~clipserve.server.search`,
+the compat APIs' in :mod:`~clipserve.server.compat`).
 
 Routes read as plainly as the operations: parse the body into items, let the
 :class:`~clipserve.server.service.EncodingService` embed them, shape the answer. Errors users can
@@ -12,25 +14,20 @@ parsed off the event loop (:class:`~clipserve.server.guard.OffLoopJSONRoute`).
 """
 
 import dataclasses
-import io
 import itertools
 import logging
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from pathlib import Path
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from clipserve.errors import ClipserveError, InvalidInput, echo
-from clipserve.inputs import Item, openai_item
-from clipserve.server import schemas
+from clipserve.errors import ClipserveError, echo
+from clipserve.server import native, openai_api, ops
 from clipserve.server.compat import compat_routers
 from clipserve.server.guard import (
     DOCS_ASSETS,
@@ -40,15 +37,12 @@ from clipserve.server.guard import (
     error_response,
 )
 from clipserve.server.metrics import Metrics
-from clipserve.server.models import ModelPool, ServedModel
-from clipserve.server.responses import json_response, openai_embeddings
+from clipserve.server.models import ModelPool
+from clipserve.server.ops import PLAYGROUND
 from clipserve.settings import MODEL_WEIGHTS_SEPARATOR, ServerSettings
 from clipserve.zoo import DEFAULT_MODEL, canonical_name
 
 log = logging.getLogger(__name__)
-
-NPY = "application/x-npy"
-PLAYGROUND = Path(__file__).parent / "playground"
 
 
 def create_app(settings: ServerSettings, load: bool = True) -> FastAPI:
@@ -63,7 +57,6 @@ def create_app(settings: ServerSettings, load: bool = True) -> FastAPI:
     pool = ModelPool(settings, metrics)
     if load:
         pool.load_at_start()
-    bodies = schemas.request_models(settings.max_items)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -118,78 +111,8 @@ def create_app(settings: ServerSettings, load: bool = True) -> FastAPI:
         status, error, detail, index = describe_validation_error(first)
         return error_response(request.scope, status, error, detail, index)
 
-    def items_of(inputs: list[schemas.Input]) -> list[Item]:
-        return [x.item(i, settings.allow_url) for i, x in enumerate(inputs)]
-
-    def chosen(request: Request, name: str | None) -> ServedModel:
-        """The model the request names (or the default), recorded for the metrics and headers."""
-        model = pool.find(name)
-        request.scope.setdefault("state", {})["model"] = model
-        return model
-
-    @app.post("/encode", responses={200: {"model": schemas.EncodeResponse}})
-    async def encode(body: bodies.encode, request: Request) -> Response:
-        """Embed texts, images and audio, in order. ``Accept: application/x-npy`` returns a float32 .npy."""
-        model = chosen(request, body.model)
-        async with pool.use(model) as service:
-            vectors, _ = await service.embed(items_of(body.inputs))
-        if NPY in request.headers.get("accept", ""):
-            buffer = io.BytesIO()
-            np.save(buffer, vectors)
-            headers = {"X-Clipserve-Model": model.name, "X-Clipserve-Dim": str(model.spec.dim)}
-            return Response(buffer.getvalue(), media_type=NPY, headers=headers)
-        return json_response({"model": model.name, "dim": model.spec.dim, "embeddings": vectors})
-
-    @app.post("/rank", response_model=schemas.RankResponse)
-    async def rank(body: bodies.rank, request: Request) -> schemas.RankResponse:
-        """Candidates sorted by clip_score: softmax over them of logit_scale × cosine to the query."""
-        model = chosen(request, body.model)
-        try:  # an item's index counts the query first; the answer names candidates from 0
-            items = items_of([body.query, *body.candidates])
-            async with pool.use(model) as service:
-                vectors, _ = await service.embed(items)
-                order, scores, cosines = service.encoder.rank_vectors(
-                    vectors[0], items[0].modality, vectors[1:], [item.modality for item in items[1:]]
-                )
-        except InvalidInput as exc:
-            if exc.index == 0:
-                raise InvalidInput(f"query: {exc.reason}") from exc
-            raise InvalidInput(f"candidate: {exc.reason}", exc.index - 1) from exc
-        matches = [schemas.RankedMatch(index=int(i), clip_score=scores[i], cosine=cosines[i]) for i in order]
-        return schemas.RankResponse(model=model.name, matches=matches)
-
-    @app.post("/v1/embeddings", responses={200: {"model": schemas.EmbeddingsResponse}})
-    async def embeddings(body: bodies.embeddings, request: Request) -> Response:
-        """OpenAI-compatible embeddings; an input that is an image or audio data URI is embedded as such."""
-        model = chosen(request, body.model)
-        if body.dimensions is not None and body.dimensions != model.spec.dim:
-            raise InvalidInput(f"dimensions must be {model.spec.dim} for {model.name}, got {body.dimensions}")
-        inputs = [body.input] if isinstance(body.input, str) else body.input
-        if not inputs:
-            raise InvalidInput("input is empty")
-        async with pool.use(model) as service:
-            vectors, tokens = await service.embed(
-                [openai_item(i, text, settings.allow_url) for i, text in enumerate(inputs)]
-            )
-        return json_response(openai_embeddings(model.name, vectors, tokens, body.encoding_format))
-
-    @app.get("/v1/models")
-    async def models() -> dict:
-        """The served models, in OpenAI's list shape (the default first), with what each is and runs."""
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": model.name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "clipserve",
-                    **model.describe(),
-                }
-                for model in pool.models.values()
-            ],
-        }
-
+    app.include_router(native.router(pool, settings))
+    app.include_router(openai_api.router(pool, settings))
     if index is not None:
         from clipserve.server.search import search_router
 
@@ -197,37 +120,10 @@ def create_app(settings: ServerSettings, load: bool = True) -> FastAPI:
 
     for router in compat_routers(pool, settings):
         app.include_router(router)
-
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        """Alive (no authentication)."""
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> dict:
-        """Ready to serve: the default model's description at the top level, every model's state in
-        ``models`` (``unloaded`` ones load on their first request; no file system paths)."""
-        return {
-            "status": "ready",
-            **pool.default.describe(),
-            "models": {model.name: model.describe() for model in pool.models.values()},
-            **({"index": index.info()} if index is not None else {}),
-        }
-
-    @app.get("/metrics")
-    async def metrics_route() -> Response:
-        """Prometheus metrics."""
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    app.include_router(ops.router(pool, metrics, index, settings.playground))
 
     if settings.playground:
         app.mount("/playground/static", StaticFiles(directory=PLAYGROUND), name="playground")
-
-        @app.get("/", include_in_schema=False)
-        @app.get("/playground", include_in_schema=False)
-        async def playground() -> FileResponse:
-            """The browser playground: a page of the package calling this API."""
-            return FileResponse(PLAYGROUND / "index.html")
-
     return app
 
 

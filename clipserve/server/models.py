@@ -142,6 +142,12 @@ class ModelPool:
             )
         return self.models[name]
 
+    def chosen(self, scope: dict, requested: str | None) -> ServedModel:
+        """:meth:`find`, recorded in the request's ``scope`` for its metrics and headers."""
+        model = self.find(requested)
+        scope.setdefault("state", {})["model"] = model
+        return model
+
     @asynccontextmanager
     async def use(self, model: ServedModel) -> AsyncIterator[EncodingService]:
         """The model's service, loaded first if it is not (concurrent first requests share one load)."""
