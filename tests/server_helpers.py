@@ -1,28 +1,25 @@
-"""Start a real clipserve server on 127.0.0.1 (a free port) inside the test process."""
+"""Start a real clipserve server on 127.0.0.1 (a free port) inside the test process, or in a
+process of its own (``server_process``, shared with the benchmarks)."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
-import httpx
 import uvicorn
 
 from clipserve.server.app import create_app
 from clipserve.server.run import uvicorn_config
 from clipserve.settings import ServerSettings, replace
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from serving import free_port, server_process
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["free_port", "resident_mib", "running_server", "server_process"]
 
 
 @contextmanager
@@ -44,34 +41,6 @@ def running_server(**settings):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-
-
-@contextmanager
-def server_process(*flags: str):
-    """Yields ``(base_url, Popen)`` while ``clipserve serve FLAGS`` runs in a process of its own on
-    loopback: for what depends on the process's whole memory (RSS bounds), fresh."""
-    port = free_port()
-    command = [sys.executable, "-m", "clipserve.cli", "serve", "--port", str(port), *flags]
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ))
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError as exc:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        log.seek(0)
-                        raise RuntimeError(
-                            f"the server did not start: {log.read().decode()[-2000:]}"
-                        ) from exc
-                    time.sleep(0.1)
-            yield url, process
-        finally:
-            process.terminate()
-            process.wait(30)
 
 
 def resident_mib(pid: int) -> float:

@@ -144,7 +144,7 @@ def bounded_flags(exports: dict[str, str], *flags: str) -> list[str]:
     slack an unload leaves behind (measured in a first start: the bound is on the process's RSS,
     which the models earlier tests loaded would skew)."""
     models = [flag for name in (VIT, RN50) for flag in ("--model", f"{name}={exports[name]}")]
-    with server_process(*models) as (url, process):
+    with server_process(None, *models) as (url, process):
         httpx.post(f"{url}/encode", json={"inputs": [{"text": "warm"}]}, timeout=120)
         bound_gib = (resident_mib(process.pid) + 128) / 1024
     return [*models, "--max-memory-gb", f"{bound_gib:.4f}", *flags]
@@ -152,7 +152,7 @@ def bounded_flags(exports: dict[str, str], *flags: str) -> list[str]:
 
 def test_memory_bound_refuses_or_evicts(exports) -> None:
     body = {"inputs": [{"text": "a photo of a bird"}], "model": RN50}
-    with server_process(*bounded_flags(exports)) as (url, _):
+    with server_process(None, *bounded_flags(exports)) as (url, _):
         refused = httpx.post(f"{url}/encode", json=body, timeout=120)
         assert refused.status_code == 503 and "Retry-After" in refused.headers
         assert RN50 in refused.json()["detail"] and "max_memory_gb" in refused.json()["detail"]
@@ -163,7 +163,9 @@ def test_memory_bound_refuses_or_evicts(exports) -> None:
         assert metric(url, "clipserve_model_loads_total", model=RN50, outcome="ok") == 1  # the measuring one
         assert httpx.post(f"{url}/encode", json={"inputs": [{"text": "still serving"}]}).status_code == 200
 
-    with server_process(*bounded_flags(exports, "--memory-policy", "evict", "--min-residency-s", "0")) as (
+    with server_process(
+        None, *bounded_flags(exports, "--memory-policy", "evict", "--min-residency-s", "0")
+    ) as (
         url,
         _,
     ):
@@ -179,7 +181,9 @@ def test_evicting_waits_for_the_minimum_residency(exports) -> None:
     """Alternating requests for two models that do not fit together: the one loaded stays its
     minimum residency, so the other is refused with a Retry-After instead of loaded back to back."""
     body = {"inputs": [{"text": "a photo of a bird"}], "model": RN50}
-    with server_process(*bounded_flags(exports, "--memory-policy", "evict", "--min-residency-s", "60")) as (
+    with server_process(
+        None, *bounded_flags(exports, "--memory-policy", "evict", "--min-residency-s", "60")
+    ) as (
         url,
         _,
     ):

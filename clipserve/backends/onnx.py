@@ -66,12 +66,7 @@ class OnnxBackend:
         towers: tuple[str, ...] = ("image", "text"),
     ) -> None:
         providers = execution_providers(device)
-        check_precision(precision, "onnx", device.split(":")[0])
-        meta = read_export_meta(model_dir)
-        if meta["arch"] != spec.arch:
-            raise WeightsUnavailable(f"{model_dir} holds an export of {meta['model']}, not of {spec.name}")
-        if meta["precision"] != precision:
-            raise WeightsUnavailable(f"{model_dir} holds a {meta['precision']} export, not {precision}")
+        meta = checked_export(spec, model_dir, device, precision)
         self.spec = spec
         self.model_dir = model_dir
         self.device = device
@@ -180,12 +175,7 @@ class HfOnnxBackend:
         modalities: tuple[str, ...],
     ) -> None:
         providers = execution_providers(device)
-        check_precision(precision, "onnx", device.split(":")[0])
-        meta = read_export_meta(model_dir)
-        if meta["arch"] != spec.arch:
-            raise WeightsUnavailable(f"{model_dir} holds an export of a {meta['arch']}, not of a {spec.arch}")
-        if meta["precision"] != precision:
-            raise WeightsUnavailable(f"{model_dir} holds a {meta['precision']} export, not {precision}")
+        meta = checked_export(spec, model_dir, device, precision)
         self.spec, self.model_dir, self.device, self.precision = spec, model_dir, device, precision
         self.logit_scale = float(meta["logit_scale"])
         self._image = (
@@ -225,6 +215,18 @@ class HfOnnxBackend:
             "weights": str(self.model_dir),
             "onnxruntime": ort.__version__,
         }
+
+
+def checked_export(spec: ModelSpec, model_dir: Path, device: str, precision: str) -> dict:
+    """The export's metadata, once the device runs ``precision`` and the export is of ``spec``'s
+    architecture in that precision."""
+    check_precision(precision, "onnx", device.split(":")[0])
+    meta = read_export_meta(model_dir)
+    if meta["arch"] != spec.arch:
+        raise WeightsUnavailable(f"{model_dir} holds an export of {meta['model']}, not of {spec.name}")
+    if meta["precision"] != precision:
+        raise WeightsUnavailable(f"{model_dir} holds a {meta['precision']} export, not {precision}")
+    return meta
 
 
 def open_session(path: Path, providers: list, spin: bool, precision: str = "fp32") -> ort.InferenceSession:
