@@ -190,8 +190,10 @@ class VectorsOnly:
     """Stands for an encoder when the vectors are given (as a Ray job's are)."""
 
     spec = FakeSpec()
-    dim = 64
     modalities = ("text",)
+
+    def __init__(self, dim: int = 64) -> None:
+        self.dim = dim
 
 
 def random_entries(rng, count: int, dim: int) -> tuple[list[Entry], dict[str, np.ndarray]]:
@@ -357,3 +359,18 @@ def test_the_store_holds_a_vector_in_little_more_than_its_bytes(tmp_path) -> Non
     on_disk = sum(p.stat().st_size for p in tmp_path.iterdir() if p.name.startswith(DATABASE))
     assert on_disk / 3000 < 2.6 * 1024
     assert store.count() == 3000
+
+
+def test_a_graph_that_misses_the_neighbours_is_not_used(tmp_path) -> None:
+    """Random vectors in 512 dimensions: no graph finds their neighbours (nothing is near
+    anything), so the build keeps exact search, and recall stays whole."""
+    rng = np.random.default_rng(4)
+    entries, vectors = random_entries(rng, 20_000, 512)
+    index = Index.create(tmp_path / "index", VectorsOnly(512), approximate_from=1000)
+    index.update(entries, vectors)
+    info = index.info()
+    assert info["search"] == "exact" and info["graph"]["serves"] is False
+    assert info["graph"]["recall"] < 0.95  # measured, and why
+    queries = rng.standard_normal((20, 512)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    assert recall(index, vectors, queries) == 1.0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,10 @@ class Index:
         return self.store.count()
 
     def info(self) -> dict[str, object]:
+        """What the index holds and how it is searched: ``search`` is ``approximate (HNSW)`` where
+        the build found the graph reach its recall target faster than exact search (``graph``:
+        what it measured), else ``exact``."""
+        tuning = self._current().tuning
         return {
             "index": self.directory.name,
             "model": self.model,
@@ -161,7 +165,8 @@ class Index:
             "dtype": self.dtype,
             "items": len(self),
             "generation": self.store.generation,
-            "search": "approximate (HNSW)" if len(self) >= self.approximate_from else "exact",
+            "search": "approximate (HNSW)" if tuning is not None and tuning.serves else "exact",
+            **({"graph": asdict(tuning)} if tuning is not None else {}),
         }
 
     @property

@@ -11,12 +11,21 @@ inner product of unit vectors, the cosine. int8 rows are scaled each to its own 
 (127): a fixed scale leaves a 512-d unit vector's components (~0.04) a few steps each, which lost
 more than half the true neighbours of real photo crops (``benchmarks/index_engines.py --photos``).
 Their scores are the cosine of the int8 rows, in the graph index too (its metric is then ``cos``).
+
+A graph is only used where it finds the true neighbours: each build measures its recall on queries
+made from the index's own vectors (midpoints of random pairs, against exact search), raises the
+search expansion until recall reaches :data:`RECALL_TARGET`, and keeps exact search when the
+graph gets as slow as exact search first. Embeddings of real images reach it at the
+default; random vectors in 512 dimensions, where nothing is near anything, do not.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +40,23 @@ EXPANSION_ADD = 128
 EXPANSION_SEARCH = 128
 OVERSAMPLE = 4
 """A filtered approximate search asks for this many times ``k``, then more, until ``k`` pass."""
+RECALL_TARGET = 0.95
+EXPANSIONS = (EXPANSION_SEARCH, 256, 512, 1024, 2048)
+PROBES = 200
+"""Queries of a build's recall measurement."""
+PROBE_K = 10
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What a build measured of its graph: the search expansion chosen, the recall@10 and query
+    time it gave, exact search's time, and whether the graph serves (else exact search does)."""
+
+    expansion: int
+    recall: float
+    graph_ms: float
+    exact_ms: float
+    serves: bool
 
 
 def stored(vectors: np.ndarray, dtype: str) -> np.ndarray:
@@ -72,8 +98,8 @@ class Vectors:
     """One generation's vectors: exact search always, approximate search when built. ``keys`` are
     ascending (the store's order), so a key's row is found by bisection."""
 
-    def __init__(self, keys: np.ndarray, matrix: np.ndarray, ann=None) -> None:
-        self.keys, self.matrix, self.ann = keys, matrix, ann
+    def __init__(self, keys: np.ndarray, matrix: np.ndarray, ann=None, tuning: Tuning | None = None) -> None:
+        self.keys, self.matrix, self.ann, self.tuning = keys, matrix, ann, tuning
 
     def rows(self, keys: np.ndarray) -> np.ndarray:
         """The rows of those of ``keys`` that are in this generation."""
@@ -130,6 +156,7 @@ def paths(directory: Path, generation: int) -> dict[str, Path]:
         "keys": directory / f"keys-g{generation}.npy",
         "matrix": directory / f"vectors-g{generation}.npy",
         "ann": directory / f"ann-g{generation}.usearch",
+        "tuning": directory / f"ann-g{generation}.json",
     }
 
 
@@ -165,6 +192,11 @@ def write(
         partial = target["ann"].with_suffix(".tmp")
         ann.save(str(partial))
         os.replace(partial, target["ann"])
+        tuning = tune(ann, Vectors(keys, stored(vectors, dtype)), dtype)
+        log.info("index graph: %s", tuning)
+        partial = target["tuning"].with_suffix(".tmp")
+        partial.write_text(json.dumps(asdict(tuning)))
+        os.replace(partial, target["tuning"])
     for old in directory.glob("*-g*.*"):
         if old.name not in {p.name for p in target.values()} and _generation_of(old) < generation:
             old.unlink(missing_ok=True)
@@ -193,6 +225,34 @@ def _updated_ann(directory: Path, previous: int | None, keys: np.ndarray, vector
     return ann
 
 
+def tune(ann, exact: Vectors, dtype: str) -> Tuning:
+    """The smallest expansion of :data:`EXPANSIONS` at which ``ann`` finds :data:`RECALL_TARGET`
+    of the true top 10 of probe queries; exact search serves when none does before the graph is
+    as slow as exact search."""
+    rng = np.random.default_rng(0)
+    floats = as_float(exact.matrix)
+    pairs = rng.integers(0, len(floats), size=(PROBES, 2))
+    probes = floats[pairs[:, 0]] + floats[pairs[:, 1]]
+    probes /= np.maximum(np.linalg.norm(probes, axis=1, keepdims=True), 1e-12)
+    k = min(PROBE_K, len(floats))
+    started = time.perf_counter()
+    truth = [set(exact.exact(probe, k)[0].tolist()) for probe in probes]
+    exact_ms = (time.perf_counter() - started) / PROBES * 1000
+    graph = Vectors(exact.keys, exact.matrix, ann)
+    measured = None
+    for expansion in EXPANSIONS:
+        ann.expansion_search = expansion
+        started = time.perf_counter()
+        found = [graph.approximate(probe, k)[0] for probe in probes]
+        graph_ms = (time.perf_counter() - started) / PROBES * 1000
+        recall = float(np.mean([len(t & set(f.tolist())) / k for t, f in zip(truth, found, strict=True)]))
+        serves = recall >= RECALL_TARGET
+        measured = Tuning(expansion, round(recall, 4), round(graph_ms, 3), round(exact_ms, 3), serves)
+        if serves or graph_ms >= exact_ms:  # found it, or a wider search would only be slower
+            break
+    return measured
+
+
 def read(directory: Path, generation: int, dim: int, dtype: str) -> Vectors | None:
     """The derived files of ``generation``, memory-mapped; None when they are not all there."""
     target = paths(directory, generation)
@@ -200,12 +260,14 @@ def read(directory: Path, generation: int, dim: int, dtype: str) -> Vectors | No
         return None
     keys = np.load(target["keys"])
     matrix = np.load(target["matrix"], mmap_mode="r")
-    ann = None
-    if target["ann"].is_file():
-        ann = new_ann(dim, dtype)
-        ann.view(str(target["ann"]))  # memory-mapped, not read into memory
-        ann.expansion_search = EXPANSION_SEARCH
-    return Vectors(keys, matrix, ann)
+    ann, tuning = None, None
+    if target["ann"].is_file() and target["tuning"].is_file():
+        tuning = Tuning(**json.loads(target["tuning"].read_text()))
+        if tuning.serves:
+            ann = new_ann(dim, dtype)
+            ann.view(str(target["ann"]))  # memory-mapped, not read into memory
+            ann.expansion_search = tuning.expansion
+    return Vectors(keys, matrix, ann, tuning)
 
 
 def _save(path: Path, array: np.ndarray) -> None:
