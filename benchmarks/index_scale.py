@@ -88,7 +88,10 @@ def serve(directory: str, dim: int) -> dict:
     for query in queries:
         exact = set(keys[np.argsort(-(vectors @ query))[:K]].tolist())
         hits += len(exact & {hit.key for hit in index.search(vector=query, k=K)})
+    info = index.info()
     return {
+        "search": info["search"],
+        "graph": info.get("graph", {}),
         "rss_mib": served / 2**20,
         "p50": float(np.percentile(latencies, 50)),
         "p99": float(np.percentile(latencies, 99)),
@@ -152,6 +155,8 @@ def main() -> None:
         "SQLite MiB",
         "search files MiB",
         "serving RSS MiB",
+        "serves",
+        "graph's probe recall (expansion)",
         "recall@10",
         "p50 ms",
         "p99 ms",
@@ -167,6 +172,8 @@ def main() -> None:
             f"{row['store'] / 2**20 * per_million:.0f}",
             f"{row['search'] / 2**20 * per_million:.0f}",
             f"{row['rss_mib'] * per_million:.0f}",
+            row["search"],
+            f"{row['graph'].get('recall', float('nan')):.3f} ({row['graph'].get('expansion', '-')})",
             f"{row['recall']:.3f}",
             f"{row['p50']:.2f}",
             f"{row['p99']:.2f}",
