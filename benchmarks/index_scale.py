@@ -90,7 +90,7 @@ def serve(directory: str, dim: int) -> dict:
         hits += len(exact & {hit.key for hit in index.search(vector=query, k=K)})
     info = index.info()
     return {
-        "search": info["search"],
+        "serves": info["search"],
         "graph": info.get("graph", {}),
         "rss_mib": served / 2**20,
         "p50": float(np.percentile(latencies, 50)),
@@ -172,7 +172,7 @@ def main() -> None:
             f"{row['store'] / 2**20 * per_million:.0f}",
             f"{row['search'] / 2**20 * per_million:.0f}",
             f"{row['rss_mib'] * per_million:.0f}",
-            row["search"],
+            row["serves"],
             f"{row['graph'].get('recall', float('nan')):.3f} ({row['graph'].get('expansion', '-')})",
             f"{row['recall']:.3f}",
             f"{row['p50']:.2f}",
