@@ -374,3 +374,22 @@ def test_a_graph_that_misses_the_neighbours_is_not_used(tmp_path) -> None:
     queries = rng.standard_normal((20, 512)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     assert recall(index, vectors, queries) == 1.0
+
+
+@pytest.mark.parametrize("dtype", ["i8", "f16"])
+def test_exact_search_of_small_rows_by_usearch_equals_numpys(dtype, monkeypatch) -> None:
+    """int8 and float16 rows are searched by usearch's kernels (numpy has no BLAS for them): the
+    neighbours of numpy's matrix product (an int8 query is quantized too: close ones may swap)."""
+    from clipserve.index import vectors as derived
+
+    rng = np.random.default_rng(5)
+    _, given = random_entries(rng, 5000, 64)
+    rows = derived.stored(np.stack(list(given.values())), dtype)
+    keys = np.arange(100, 5100, dtype=np.int64)
+    query = rows[7].astype(np.float32) + 0.1 * rng.standard_normal(64).astype(np.float32)
+    query /= np.linalg.norm(query)
+    fast = derived.Vectors(keys, rows).exact(query, 20)
+    monkeypatch.setattr(derived, "_usearch_installed", lambda: False)
+    plain = derived.Vectors(keys, rows).exact(query, 20)
+    assert fast[0][0] == plain[0][0] and len(set(fast[0].tolist()) & set(plain[0].tolist())) >= 18
+    assert np.abs(np.sort(fast[1]) - np.sort(plain[1])).max() < 0.005

@@ -119,6 +119,8 @@ class Vectors:
             scores = as_float(self.matrix[rows]) @ query
             best = top_k(scores, k)
             return self.keys[rows[best]], scores[best]
+        if self.matrix.dtype != np.float32 and len(self.keys) and _usearch_installed():
+            return self._exact_by_usearch(query, k)
         candidates_keys, candidates_scores = [], []
         for start in range(0, len(self.keys), CHUNK):
             scores = as_float(self.matrix[start : start + CHUNK]) @ query
@@ -130,6 +132,18 @@ class Vectors:
         keys, scores = np.concatenate(candidates_keys), np.concatenate(candidates_scores)
         best = top_k(scores, k)
         return keys[best], scores[best]
+
+    def _exact_by_usearch(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search of int8 or float16 rows by usearch's SIMD kernels: numpy has no BLAS for
+        them (200,000 int8 rows: 224 ms a query by numpy, 18 ms by usearch, one core of a Zen 5)."""
+        from usearch.index import MetricKind, search
+
+        int8 = self.matrix.dtype == np.int8
+        probe = stored(query, "i8") if int8 else query.astype(self.matrix.dtype)
+        metric = MetricKind.Cos if int8 else MetricKind.IP
+        found = search(np.asarray(self.matrix), probe, min(k, len(self.keys)), metric, exact=True, threads=1)
+        rows = found.keys.astype(np.int64)
+        return self.keys[rows], 1.0 - found.distances.astype(np.float32)
 
     def approximate(
         self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
@@ -149,6 +163,12 @@ class Vectors:
 
     def vector(self, key: int) -> np.ndarray:
         return as_float(self.matrix[self.rows(np.asarray([key]))[0]])
+
+
+def _usearch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("usearch") is not None
 
 
 def paths(directory: Path, generation: int) -> dict[str, Path]:
