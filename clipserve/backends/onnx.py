@@ -129,14 +129,7 @@ class OnnxBackend:
         return self._audio.run(None, {"audio": np.ascontiguousarray(samples, dtype=np.float32)})[0]
 
     def info(self) -> dict[str, object]:
-        return {
-            "backend": "onnx",
-            "device": self.device,
-            "precision": self.precision,
-            "providers": self.providers,
-            "weights": str(self.model_dir),
-            "onnxruntime": ort.__version__,
-        }
+        return running(self)
 
 
 class OnnxTextEncoder:
@@ -207,14 +200,19 @@ class HfOnnxBackend:
         return self._text.run(None, feeds)[0]
 
     def info(self) -> dict[str, object]:
-        return {
-            "backend": "onnx",
-            "device": self.device,
-            "precision": self.precision,
-            "providers": self.providers,
-            "weights": str(self.model_dir),
-            "onnxruntime": ort.__version__,
-        }
+        return running(self)
+
+
+def running(backend: OnnxBackend | HfOnnxBackend) -> dict[str, object]:
+    """What an ONNX backend runs, for ``info()``."""
+    return {
+        "backend": "onnx",
+        "device": backend.device,
+        "precision": backend.precision,
+        "providers": backend.providers,
+        "weights": str(backend.model_dir),
+        "onnxruntime": ort.__version__,
+    }
 
 
 def checked_export(spec: ModelSpec, model_dir: Path, device: str, precision: str) -> dict:
