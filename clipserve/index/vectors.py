@@ -21,6 +21,7 @@ default; random vectors in 512 dimensions, where nothing is near anything, do no
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -165,7 +166,9 @@ class Vectors:
         return as_float(self.matrix[self.rows(np.asarray([key]))[0]])
 
 
+@functools.cache
 def _usearch_installed() -> bool:
+    """Asked once: exact search asks at every query."""
     import importlib.util
 
     return importlib.util.find_spec("usearch") is not None
@@ -206,13 +209,14 @@ def write(
     graph index is updated from ``previous``'s when there is one, else built."""
     target = paths(directory, generation)
     _save(target["keys"], keys)
-    _save(target["matrix"], stored(vectors, dtype))
+    matrix = stored(vectors, dtype)
+    _save(target["matrix"], matrix)
     if approximate:
         ann = _updated_ann(directory, previous, keys, vectors, dtype)
         partial = target["ann"].with_suffix(".tmp")
         ann.save(str(partial))
         os.replace(partial, target["ann"])
-        tuning = tune(ann, Vectors(keys, stored(vectors, dtype)), dtype)
+        tuning = tune(ann, Vectors(keys, matrix))
         log.info("index graph: %s", tuning)
         partial = target["tuning"].with_suffix(".tmp")
         partial.write_text(json.dumps(asdict(tuning)))
@@ -245,7 +249,7 @@ def _updated_ann(directory: Path, previous: int | None, keys: np.ndarray, vector
     return ann
 
 
-def tune(ann, exact: Vectors, dtype: str) -> Tuning:
+def tune(ann, exact: Vectors) -> Tuning:
     """The smallest expansion of :data:`EXPANSIONS` at which ``ann`` finds :data:`RECALL_TARGET`
     of the true top 10 of probe queries; exact search serves when none does before the graph is
     as slow as exact search."""
