@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from enum import StrEnum
 
+import numpy as np
+
 from clipserve.encoder import Encoder
 from clipserve.errors import ClipserveError, ModelUnavailable, UnknownModel, echo
 from clipserve.families import resolve_model
@@ -147,6 +149,13 @@ class ModelPool:
         model = self.find(requested)
         scope.setdefault("state", {})["model"] = model
         return model
+
+    async def embed(self, scope: dict, model: ServedModel, items: list) -> tuple[np.ndarray, list[int]]:
+        """``items`` embedded by ``model`` (recorded in the request's ``scope`` for its metrics and
+        headers), and their tokens: what every route that embeds calls."""
+        scope.setdefault("state", {})["model"] = model
+        async with self.use(model) as service:
+            return await service.embed(items)
 
     @asynccontextmanager
     async def use(self, model: ServedModel) -> AsyncIterator[EncodingService]:

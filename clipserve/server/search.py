@@ -42,9 +42,7 @@ def search_router(index: Index, pool: ModelPool, settings: ServerSettings) -> AP
     limits = ImageLimits(settings.max_pixels, settings.max_aspect_ratio, settings.max_decode_s)
 
     async def embedded(request: Request, item) -> np.ndarray:
-        request.scope.setdefault("state", {})["model"] = served
-        async with pool.use(served) as service:
-            vectors, _ = await service.embed([item])
+        vectors, _ = await pool.embed(request.scope, served, [item])
         return vectors[0]
 
     def thumbnail_of(hit: Hit) -> str | None:

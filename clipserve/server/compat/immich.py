@@ -16,7 +16,6 @@ from PIL import Image
 
 from clipserve.errors import InvalidInput, UnknownModel, echo
 from clipserve.inputs import Item
-from clipserve.server.compat.shared import embedded
 from clipserve.server.guard import OffLoopJSONRoute
 from clipserve.server.models import ModelPool
 from clipserve.server.responses import json_response
@@ -62,12 +61,12 @@ def router(pool: ModelPool, settings: ServerSettings) -> APIRouter:
             raise UnknownModel(f"immich model {echo(model_name)!r} has no counterpart in clipserve's zoo")
         model = pool.find(mapped)
         if kind == "textual":
-            vectors, _ = await embedded(request, pool, model, [Item(0, "text", "text", text)])
+            vectors, _ = await pool.embed(request.scope, model, [Item(0, "text", "text", text)])
             return json_response(
                 {"clip": orjson.dumps(vectors[0], option=orjson.OPT_SERIALIZE_NUMPY).decode()}
             )
         data = await image.read()
-        vectors, _ = await embedded(request, pool, model, [Item(0, "image", "bytes", data)])
+        vectors, _ = await pool.embed(request.scope, model, [Item(0, "image", "bytes", data)])
         width, height = Image.open(io.BytesIO(data)).size  # decoded once already: the header is sound
         return json_response(
             {

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from clipserve.errors import InvalidInput
 from clipserve.inputs import Item, wire_item
-from clipserve.server.compat.shared import Tolerant, embedded
+from clipserve.server.compat.shared import Tolerant
 from clipserve.server.guard import OffLoopJSONRoute
 from clipserve.server.models import ModelPool
 from clipserve.server.responses import json_response, openai_embeddings
@@ -53,7 +53,7 @@ def router(pool: ModelPool, settings: ServerSettings) -> APIRouter:
             items = [Item(i, "text", "text", text) for i, text in enumerate(inputs)]
         else:
             items = [wire_item(i, body.modality, value, settings.allow_url) for i, value in enumerate(inputs)]
-        vectors, tokens = await embedded(request, pool, model, items)
+        vectors, tokens = await pool.embed(request.scope, model, items)
         answer = openai_embeddings(model.name, vectors, tokens, body.encoding_format)
         return json_response({**answer, "id": f"infinity-{uuid.uuid4()}", "created": int(time.time())})
 

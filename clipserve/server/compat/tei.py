@@ -17,7 +17,7 @@ from pydantic import Field
 
 from clipserve.errors import ClipserveError, InvalidInput
 from clipserve.inputs import Item
-from clipserve.server.compat.shared import Tolerant, embedded
+from clipserve.server.compat.shared import Tolerant
 from clipserve.server.guard import OffLoopJSONRoute
 from clipserve.server.models import ModelPool
 from clipserve.server.responses import json_response
@@ -57,8 +57,8 @@ def router(pool: ModelPool, settings: ServerSettings) -> APIRouter:
         if body.prompt_name is not None:
             raise InvalidInput("this model has no prompts: prompt_name is not served")
         model = pool.default
-        vectors, tokens = await embedded(
-            request, pool, model, [Item(i, "text", "text", t) for i, t in enumerate(texts)]
+        vectors, tokens = await pool.embed(
+            request.scope, model, [Item(i, "text", "text", t) for i, t in enumerate(texts)]
         )
         limit = model.spec.context_length
         if (

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from clipserve.errors import InvalidInput, RequestTooLarge
 from clipserve.inputs import Item, wire_item
-from clipserve.server.compat.shared import Tolerant, embedded
+from clipserve.server.compat.shared import Tolerant
 from clipserve.server.guard import OffLoopJSONRoute
 from clipserve.server.models import ModelPool
 from clipserve.settings import ServerSettings
@@ -39,7 +39,7 @@ def router(pool: ModelPool, settings: ServerSettings) -> APIRouter:
             wire_item(len(texts) + j, "image", image, settings.allow_url) for j, image in enumerate(images)
         ]
         try:
-            vectors, _ = await embedded(request, pool, pool.default, items)
+            vectors, _ = await pool.embed(request.scope, pool.default, items)
         except InvalidInput as exc:
             if exc.index is None:
                 raise
