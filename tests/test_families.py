@@ -354,13 +354,16 @@ def test_mclip_exports_run_without_torch(mclip, random_model, cache_root, tmp_pa
 
 def test_mclips_text_export_refuses_to_derive_from_a_non_fp32_export(tmp_path) -> None:
     """As every other family: int8 or fp16 are derived from an fp32 export only."""
+    from clipserve.backends.factory import backend_weights
     from clipserve.errors import UnsupportedModel
-    from clipserve.families.mclip import text_export
+    from clipserve.families.mclip import export_text_fp32
     from clipserve.weights import ONNX_MARKER
     from clipserve.zoo import get_spec
 
-    given = tmp_path / "int8-export"
+    given = tmp_path / "fp16-export"
     given.mkdir()
-    (given / ONNX_MARKER).write_text(json.dumps({"precision": "int8", "model": MCLIP}))
-    with pytest.raises(UnsupportedModel, match="int8 export; pass an fp32 export"):
-        text_export(get_spec(MCLIP), given, tmp_path / "cache", "fp16", tmp_path)
+    (given / ONNX_MARKER).write_text(json.dumps({"precision": "fp16", "model": MCLIP}))
+    with pytest.raises(UnsupportedModel, match="fp16 export; pass an fp32 export"):
+        backend_weights(
+            get_spec(MCLIP), "onnx", "cpu", "int8", given, tmp_path / "cache", exporter=export_text_fp32
+        )

@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from clipserve.errors import WeightsUnavailable
+from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.weights import checkpoint_cache, explicit_weights, find_checkpoint
 from clipserve.zoo import get_spec
 from tests.conftest import cosines
@@ -117,6 +117,10 @@ def test_onnx_export_is_cached_and_reused(tmp_path, random_model, monkeypatch) -
     assert second.info()["weights"] == export_dir
     assert factory.onnx_model_dir(second.spec, checkpoint, tmp_path).as_posix() == export_dir
     assert cosines(first.encode_text(["a"]), second.encode_text(["a"]))[0] > 0.99999
+    with pytest.raises(
+        UnsupportedModel, match=f"the torch backend runs a checkpoint, and {export_dir} is an"
+    ):
+        Encoder("RN50::openai", backend="torch", weights=export_dir, cache_dir=tmp_path)
 
 
 def test_a_recorded_size_and_checksum_are_checked(tmp_path, monkeypatch, loopback_files) -> None:

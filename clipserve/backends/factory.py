@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from clipserve.backends.base import PRECISION_DEVICES, Backend, check_engine
+from clipserve.backends.base import Backend, check_engine
 from clipserve.cache import content_fingerprint, touch
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.weights import (
@@ -48,22 +48,47 @@ def create_backend(
     request handling, shares the cores). ``tokenizer_dir`` is copied into a new export. With
     onnx, only the ``towers`` asked for are loaded.
     """
-    if backend in PRECISION_DEVICES:
-        check_engine(precision, backend, device)
     explicit = explicit_weights(spec, weights) if weights is not None else None
+    path = backend_weights(spec, backend, device, precision, explicit, cache, tokenizer_dir=tokenizer_dir)
     if backend == "torch":
         from clipserve.backends.torch import TorchBackend
 
-        if explicit is not None and is_onnx_dir(explicit):
-            raise UnsupportedModel(f"the torch backend needs a checkpoint, and {explicit} is an ONNX export")
-        return TorchBackend(spec, explicit or find_checkpoint(spec, cache), device, precision)
-    if backend == "onnx":
-        from clipserve.backends.onnx import OnnxBackend, execution_providers
+        return TorchBackend(spec, path, device, precision)
+    from clipserve.backends.onnx import OnnxBackend
 
-        execution_providers(device)  # a missing provider is said before any export or conversion
-        model_dir = onnx_model_dir(spec, explicit, cache, precision, tokenizer_dir)
-        return OnnxBackend(spec, model_dir, device, precision, spin, towers)
-    raise UnsupportedModel(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return OnnxBackend(spec, path, device, precision, spin, towers)
+
+
+def backend_weights(
+    spec: ModelSpec,
+    backend: str,
+    device: str,
+    precision: str,
+    given: Path | None,
+    cache: Path,
+    *,
+    exporter: Callable[[ModelSpec, Path, Path], Path] | None = None,
+    tokenizer_dir: Path | None = None,
+) -> Path:
+    """What ``backend`` runs for ``spec``: the one loader of every family.
+
+    An unknown backend, or a precision it lacks or does not run on ``device``, is refused before
+    any weights are looked for. torch runs a checkpoint: ``given``, else the cached one (downloaded
+    when allowed), never an ONNX export. onnx runs an export in ``precision``
+    (:func:`onnx_model_dir`, with the family's ``exporter``), once the device's execution provider
+    is known to be there.
+    """
+    if backend not in BACKENDS:
+        raise UnsupportedModel(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    check_engine(precision, backend, device)
+    if backend == "torch":
+        if given is not None and is_onnx_dir(given):
+            raise UnsupportedModel(f"the torch backend runs a checkpoint, and {given} is an ONNX export")
+        return given or find_checkpoint(spec, cache)
+    from clipserve.backends.onnx import execution_providers
+
+    execution_providers(device)  # a missing provider is said before any export or conversion
+    return onnx_model_dir(spec, given, cache, precision, tokenizer_dir, exporter)
 
 
 def onnx_model_dir(

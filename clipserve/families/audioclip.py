@@ -19,25 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-from clipserve.backends.base import check_engine
-from clipserve.backends.factory import BACKENDS, onnx_model_dir
+from clipserve.backends.factory import backend_weights
 from clipserve.cache import enforce_cap
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.families.base import Tower
-from clipserve.families.openclip import image_tower, text_tower
+from clipserve.families.towers import image_tower, text_tower
 from clipserve.inputs import Item
 from clipserve.preprocess.audio import WINDOW, AudioLimits, decode_audio, windows
 from clipserve.preprocess.budget import process_budget
 from clipserve.preprocess.text import ClipTokenizer
 from clipserve.settings import EngineSettings
 from clipserve.vectors import normalise
-from clipserve.weights import (
-    cache_dir,
-    explicit_weights,
-    find_checkpoint,
-    is_onnx_dir,
-    spec_of_export,
-)
+from clipserve.weights import cache_dir, explicit_weights, is_onnx_dir, spec_of_export
 from clipserve.zoo import ModelSpec
 
 PAIR_SCALES = {
@@ -65,33 +58,29 @@ class AudioClipModel:
             raise UnsupportedModel(
                 f"{spec.name} decodes audio with soundfile and soxr ({exc}): pip install 'clipserve[audio]'"
             ) from exc
-        if settings.backend not in BACKENDS:
-            raise UnsupportedModel(
-                f"unknown backend {settings.backend!r}; choose one of {', '.join(BACKENDS)}"
-            )
-        check_engine(settings.precision, settings.backend, settings.device)
         cache = cache_dir(settings.cache_dir)
         weights = explicit_weights(spec, settings.weights) if settings.weights is not None else None
         if weights is not None and is_onnx_dir(weights):
             spec = spec_of_export(spec, weights)
         self.spec = spec
+        path = backend_weights(
+            spec,
+            settings.backend,
+            settings.device,
+            settings.precision,
+            weights,
+            cache,
+            exporter=export_audioclip_fp32,
+        )
         if settings.backend == "torch":
-            if weights is not None and is_onnx_dir(weights):
-                raise UnsupportedModel(
-                    f"the torch backend needs the checkpoint, and {weights} is an ONNX export"
-                )
             from clipserve.backends.audioclip import AudioClipTorchBackend
 
-            self.backend = AudioClipTorchBackend(
-                spec, weights or find_checkpoint(spec, cache), settings.device, settings.precision
-            )
+            self.backend = AudioClipTorchBackend(spec, path, settings.device, settings.precision)
         else:
-            from clipserve.backends.onnx import OnnxBackend, execution_providers
+            from clipserve.backends.onnx import OnnxBackend
 
-            execution_providers(settings.device)  # a missing provider is said before any export
-            export = onnx_model_dir(spec, weights, cache, settings.precision, exporter=export_audioclip_fp32)
             self.backend = OnnxBackend(
-                spec, export, settings.device, settings.precision, spin, towers=("image", "text", "audio")
+                spec, path, settings.device, settings.precision, spin, towers=("image", "text", "audio")
             )
         enforce_cap(cache, settings.cache_max_gb, Path(str(self.backend.info()["weights"])))
         self.towers = {

@@ -18,19 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from clipserve.backends.base import check_engine
-from clipserve.backends.factory import BACKENDS, fingerprint, onnx_model_dir
+from clipserve.backends.factory import backend_weights, fingerprint
 from clipserve.cache import enforce_cap
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.families.base import Tower
-from clipserve.families.openclip import CPU_IMAGE_BATCH, check_pixels, check_text, image_limits
+from clipserve.families.towers import CPU_IMAGE_BATCH, check_pixels, check_text, image_limits
 from clipserve.families.transformers_config import ARCHITECTURES, Architecture
 from clipserve.inputs import Item
 from clipserve.preprocess.hf_image import HfImagePreprocessor, HfImageSettings
 from clipserve.preprocess.image import ImageLimits, decoded_image
 from clipserve.preprocess.text import HfTokenizer
 from clipserve.settings import EngineSettings
-from clipserve.weights import TOKENIZER_DIR, cache_dir, is_onnx_dir, staged_dir
+from clipserve.weights import TOKENIZER_DIR, cache_dir, staged_dir
 from clipserve.zoo import ModelSpec
 
 
@@ -42,11 +41,6 @@ class TransformersModel:
     """
 
     def __init__(self, spec: ModelSpec, settings: EngineSettings, spin: bool = True) -> None:
-        if settings.backend not in BACKENDS:
-            raise UnsupportedModel(
-                f"unknown backend {settings.backend!r}; choose one of {', '.join(BACKENDS)}"
-            )
-        check_engine(settings.precision, settings.backend, settings.device)
         if settings.fast_decode or settings.tensor_preprocess:
             raise UnsupportedModel(
                 "fast_decode and tensor_preprocess change open_clip's image path; a transformers model "
@@ -57,29 +51,26 @@ class TransformersModel:
         source = Path(str(settings.weights)).expanduser()
         cache = cache_dir(settings.cache_dir)
         texts = "text" in architecture.modalities
+
+        def export(spec: ModelSpec, directory: Path, target: Path) -> Path:
+            tokenizer = effective_tokenizer(directory, cache) if texts else None
+            return export_fp32(spec, directory, target, tokenizer, architecture)
+
+        path = backend_weights(
+            spec, settings.backend, settings.device, settings.precision, source, cache, exporter=export
+        )
         if settings.backend == "torch":
-            if is_onnx_dir(source):
-                raise UnsupportedModel(
-                    f"the torch backend runs the transformers model directory, and {source} is an ONNX export"
-                )
             from clipserve.backends.hf_clip import HfTorchBackend
 
-            self.backend = HfTorchBackend(spec, source, settings.device, settings.precision)
-            tokenizer_dir = effective_tokenizer(source, cache) if texts else None
+            self.backend = HfTorchBackend(spec, path, settings.device, settings.precision)
+            tokenizer_dir = effective_tokenizer(path, cache) if texts else None
         else:
-            from clipserve.backends.onnx import HfOnnxBackend, execution_providers
+            from clipserve.backends.onnx import HfOnnxBackend
 
-            execution_providers(settings.device)  # a missing provider is said before any export
-
-            def export(spec: ModelSpec, directory: Path, target: Path) -> Path:
-                tokenizer = effective_tokenizer(directory, cache) if texts else None
-                return export_fp32(spec, directory, target, tokenizer, architecture)
-
-            model_dir = onnx_model_dir(spec, source, cache, settings.precision, exporter=export)
             self.backend = HfOnnxBackend(
-                spec, model_dir, settings.device, settings.precision, spin, architecture.modalities
+                spec, path, settings.device, settings.precision, spin, architecture.modalities
             )
-            tokenizer_dir = model_dir / TOKENIZER_DIR if texts else None
+            tokenizer_dir = path / TOKENIZER_DIR if texts else None
         enforce_cap(cache, settings.cache_max_gb, Path(str(self.backend.info()["weights"])))
         self.towers: dict[str, Tower] = {}
         if "text" in architecture.modalities:

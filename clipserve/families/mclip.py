@@ -12,17 +12,17 @@ the space of a CLIP image tower, paired with that tower as clip-as-service paire
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from clipserve.backends.base import check_engine
-from clipserve.backends.factory import BACKENDS, create_backend, onnx_model_dir
+from clipserve.backends.factory import backend_weights, create_backend
 from clipserve.cache import enforce_cap, touch
-from clipserve.errors import UnsupportedModel, WeightsUnavailable
+from clipserve.errors import WeightsUnavailable
 from clipserve.families.base import Tower
-from clipserve.families.openclip import check_text, image_tower
+from clipserve.families.towers import check_text, image_tower
 from clipserve.inputs import Item
 from clipserve.preprocess.text import HfTokenizer
 from clipserve.settings import EngineSettings
@@ -32,7 +32,6 @@ from clipserve.weights import (
     cache_dir,
     download_hub_files,
     find_tokenizer,
-    is_onnx_dir,
     offline,
 )
 from clipserve.zoo import ModelSpec, get_spec
@@ -44,11 +43,6 @@ class MClipModel:
     """An M-CLIP text encoder beside its CLIP image tower; see :class:`clipserve.families.base.Model`."""
 
     def __init__(self, spec: ModelSpec, settings: EngineSettings, spin: bool = True) -> None:
-        if settings.backend not in BACKENDS:
-            raise UnsupportedModel(
-                f"unknown backend {settings.backend!r}; choose one of {', '.join(BACKENDS)}"
-            )
-        check_engine(settings.precision, settings.backend, settings.device)
         self.spec = spec
         cache = cache_dir(settings.cache_dir)
         image_spec = get_spec(spec.image_model)
@@ -127,40 +121,40 @@ def text_encoder(
 ):
     """The text encoder on the chosen backend: torch from the checkpoint, or onnx from an export
     (given, cached, or made once from the checkpoint; int8 derived from fp32)."""
+    path = backend_weights(
+        spec,
+        settings.backend,
+        settings.device,
+        settings.precision,
+        source,
+        cache,
+        exporter=functools.partial(export_text_fp32, tokenizer_dir=tokenizer_dir),
+    )
     if settings.backend == "torch":
-        if is_onnx_dir(source):
-            raise UnsupportedModel(
-                f"the torch backend needs the M-CLIP checkpoint, and {source} is an ONNX export"
-            )
         from clipserve.backends.hf_text import TorchTextEncoder, load_mean_pooled
 
-        model = load_mean_pooled(source, spec.text_base, spec.dim)
-        return TorchTextEncoder(model, settings.device, settings.precision, source)
+        model = load_mean_pooled(path, spec.text_base, spec.dim)
+        return TorchTextEncoder(model, settings.device, settings.precision, path)
     from clipserve.backends.onnx import OnnxTextEncoder
 
-    export = text_export(spec, source, cache, settings.precision, tokenizer_dir)
-    return OnnxTextEncoder(export, settings.device, settings.precision, spin)
+    return OnnxTextEncoder(path, settings.device, settings.precision, spin)
 
 
-def text_export(spec: ModelSpec, source: Path, cache: Path, precision: str, tokenizer_dir: Path) -> Path:
-    """An ONNX export of the text encoder in ``precision`` (given, cached or made once), by the
-    loader every family uses (:func:`~clipserve.backends.factory.onnx_model_dir`)."""
-
-    def export(spec: ModelSpec, checkpoint: Path, target: Path) -> Path:
-        try:
-            from clipserve.backends.hf_text import export_mean_pooled, load_mean_pooled
-        except ImportError as exc:
-            raise WeightsUnavailable(
-                f"{spec.name} needs an ONNX export of its text encoder, and exporting needs torch "
-                f"({exc}). Install `clipserve[torch]` once, or pass an exported directory."
-            ) from exc
-        model = load_mean_pooled(checkpoint, spec.text_base, spec.dim)
-        meta = {"model": spec.name, "arch": spec.arch, "dim": spec.dim, "source": str(checkpoint)}
-        meta["spec"] = dataclasses.asdict(spec)
-        export_mean_pooled(model, target, meta, tokenizer_dir)
-        return target
-
-    return onnx_model_dir(spec, source, cache, precision, tokenizer_dir, exporter=export)
+def export_text_fp32(spec: ModelSpec, checkpoint: Path, target: Path, tokenizer_dir: Path) -> Path:
+    """The ONNX exporter of the text encoder (a copy of the tokenizer beside it); explains when
+    torch is missing."""
+    try:
+        from clipserve.backends.hf_text import export_mean_pooled, load_mean_pooled
+    except ImportError as exc:
+        raise WeightsUnavailable(
+            f"{spec.name} needs an ONNX export of its text encoder, and exporting needs torch "
+            f"({exc}). Install `clipserve[torch]` once, or pass an exported directory."
+        ) from exc
+    model = load_mean_pooled(checkpoint, spec.text_base, spec.dim)
+    meta = {"model": spec.name, "arch": spec.arch, "dim": spec.dim, "source": str(checkpoint)}
+    meta["spec"] = dataclasses.asdict(spec)
+    export_mean_pooled(model, target, meta, tokenizer_dir)
+    return target
 
 
 def mean_pooled_text_tower(tokenizer: HfTokenizer, encoder, max_chars: int) -> Tower:
