@@ -73,10 +73,18 @@ def _outcome(future: Future[R]) -> R | Exception:
 class DynamicBatcher:
     """Merges items submitted by concurrent callers into batches for one model call.
 
-    One asyncio task forms batches: it takes the oldest waiting item, then waits up to
-    ``max_wait_ms`` for more, up to ``max_batch_size``, and runs ``run`` on them in ``executor``
-    (one inference thread). ``run`` gets the items in submission order and returns one row a item;
-    a row that is an exception fails only the caller of that item.
+    One asyncio task forms batches: once an item waits, it waits up to ``max_wait_ms`` for more, up
+    to ``max_batch_size``, and runs ``run`` on a batch in ``executor`` (one inference thread).
+    ``run`` returns one row per item; a row that is an exception fails only the caller of that
+    item.
+
+    With a ``cost`` (a text's token count), batches group similar costs as the synchronous path
+    does (:func:`by_cost`): a caller's items queue in cost order, and when more items wait than a
+    batch takes, the batch is the oldest waiting item and those nearest it in cost (the run of
+    ``max_batch_size`` in cost order around it that pads least). Every batch holds the oldest
+    item, so none waits behind more than the items queued before it. Without a cost, batches take
+    the items in submission order.
+
     At most ``max_queue`` items wait (but an empty queue takes any one submission); beyond that
     :meth:`submit` raises :class:`~clipserve.errors.Overloaded` at once instead of letting the queue
     grow without limit.
@@ -90,17 +98,19 @@ class DynamicBatcher:
         max_wait_ms: float = 5.0,
         max_queue: int = 1024,
         on_batch: Callable[[int], None] | None = None,
+        cost: Callable[[T], int] | None = None,
     ) -> None:
         self.run, self.executor = run, executor
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
-        self.on_batch = on_batch
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future]] = asyncio.Queue()
+        self.on_batch, self.cost = on_batch, cost
+        self._waiting: deque[tuple[T, asyncio.Future]] = deque()
+        self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     @property
     def depth(self) -> int:
         """Items waiting for a batch."""
-        return self._queue.qsize()
+        return len(self._waiting)
 
     def check_room(self, count: int) -> None:
         """Raise :class:`~clipserve.errors.Overloaded` when ``count`` more items would pass the
@@ -118,37 +128,52 @@ class DynamicBatcher:
             self._task = asyncio.create_task(self._loop())
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
-        for item, future in zip(items, futures, strict=True):
-            self._queue.put_nowait((item, future))
+        order = (
+            range(len(items))
+            if self.cost is None
+            else sorted(range(len(items)), key=lambda i: self.cost(items[i]))
+        )
+        self._waiting.extend((items[i], futures[i]) for i in order)
+        self._arrived.set()
         rows = await asyncio.gather(*futures, return_exceptions=True)
         if failed := next((row for row in rows if isinstance(row, BaseException)), None):
             raise failed
         return rows
 
     async def close(self) -> None:
-        """Stop forming batches (waiting callers get ``CancelledError``)."""
+        """Stop forming batches; callers still waiting get ``CancelledError``."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for _, future in self._waiting:
+            future.cancel()
+        self._waiting.clear()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            while not self._waiting:
+                self._arrived.clear()
+                await self._arrived.wait()
             deadline = loop.time() + self.max_wait_s
-            while len(batch) < self.max_batch_size:
+            while len(self._waiting) < self.max_batch_size and (left := deadline - loop.time()) > 0:
+                self._arrived.clear()
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), deadline - loop.time()))
+                    await asyncio.wait_for(self._arrived.wait(), left)
                 except TimeoutError:
                     break
-            batch = [(item, future) for item, future in batch if not future.done()]  # drop cancelled
+            batch = self._take()
             if not batch:
                 continue
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             try:
                 rows = await loop.run_in_executor(self.executor, self.run, [item for item, _ in batch])
+            except asyncio.CancelledError:  # closed while the batch ran: its callers learn it too
+                for _, future in batch:
+                    future.cancel()
+                raise
             except Exception as exc:  # the model call failed: every caller of this batch learns why
                 for _, future in batch:
                     if not future.done():
@@ -161,3 +186,24 @@ class DynamicBatcher:
                     future.set_exception(row)
                 else:
                     future.set_result(row)
+
+    def _take(self) -> list[tuple[T, asyncio.Future]]:
+        """The next batch, out of the waiting items (those of cancelled callers dropped)."""
+        waiting = [entry for entry in self._waiting if not entry[1].done()]
+        size = self.max_batch_size
+        if self.cost is None or len(waiting) <= size:
+            chosen = set(range(min(size, len(waiting))))
+        else:
+            costs = [self.cost(item) for item, _ in waiting]
+            order = sorted(range(len(waiting)), key=costs.__getitem__)
+            oldest = order.index(0)
+            starts = range(max(0, oldest - size + 1), min(oldest, len(order) - size) + 1)
+
+            def padding(start: int) -> int:
+                window = [costs[p] for p in order[start : start + size]]
+                return size * window[-1] - sum(window)
+
+            best = min(starts, key=padding)
+            chosen = set(order[best : best + size])
+        self._waiting = deque(entry for p, entry in enumerate(waiting) if p not in chosen)
+        return [entry for p, entry in enumerate(waiting) if p in chosen]

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,20 @@ from clipserve.text_cache import TextCache
 from clipserve.vectors import normalise
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """Where the items of one call go, before any work: the rows of texts found in the text cache
+    are filled, the other items wait by modality (positions in input order), and an item of a
+    modality the model lacks is an error at once."""
+
+    vectors: np.ndarray
+    tokens: list[int]
+    """Text tokens per item (0 for media), as ``/v1/embeddings`` reports usage."""
+    pending: dict[str, list[int]] = field(default_factory=dict)
+    errors: list[InvalidInput] = field(default_factory=list)
+    cache_hits: int = 0
 
 
 class Pipeline:
@@ -114,6 +129,29 @@ class Pipeline:
             rows[kept] = normalise(tower.run([payloads[p] for p in kept]))
         return rows, errors
 
+    def plan(self, items: Sequence[Item]) -> Plan:
+        """The :class:`Plan` of ``items``: every face's first step."""
+        plan = Plan(np.zeros((len(items), self.dim), dtype=np.float32), [0] * len(items))
+        for position, item in enumerate(items):
+            if (cached := self.cached_text(item)) is not None:
+                plan.vectors[position], plan.tokens[position] = cached
+                plan.cache_hits += 1
+                continue
+            try:
+                self.tower(item)
+            except InvalidInput as exc:
+                plan.errors.append(exc)
+                continue
+            plan.pending.setdefault(item.modality, []).append(position)
+        return plan
+
+    def settle_texts(self, plan: Plan, items: Sequence[Item], embedded: Iterable[tuple[int, Any]]) -> None:
+        """Every face's last step: the tokens of the texts embedded, ``(position, token ids)``,
+        and their vectors (already in ``plan.vectors``) remembered in the text cache."""
+        for position, ids in embedded:
+            plan.tokens[position] = len(ids)
+            self.remember_text(items[position], plan.vectors[position], len(ids))
+
     # -- the synchronous run ------------------------------------------------------------------------
 
     def encode(self, items: list[Item], stop_on_error: bool) -> tuple[np.ndarray, list[InvalidInput]]:
@@ -123,20 +161,9 @@ class Pipeline:
         ahead of inference. With ``stop_on_error`` the work stops past the first bad item in input
         order, and no batch runs once an error is known.
         """
-        vectors = np.zeros((len(items), self.dim), dtype=np.float32)
-        errors: list[InvalidInput] = []
-        by_modality: dict[str, list[tuple[int, Item]]] = {}
-        for row, item in enumerate(items):
-            if (cached := self.cached_text(item)) is not None:
-                vectors[row] = cached[0]
-                continue
-            try:
-                self.tower(item)
-            except InvalidInput as exc:
-                errors.append(exc)
-                continue
-            by_modality.setdefault(item.modality, []).append((row, item))
-
+        plan = self.plan(items)
+        errors, vectors = plan.errors, plan.vectors
+        by_modality = {m: [(p, items[p]) for p in positions] for m, positions in plan.pending.items()}
         light = {m: entries for m, entries in by_modality.items() if not self.model.towers[m].heavy}
         prepared_light = {m: self._prepare_inline(entries, errors) for m, entries in light.items()}
         for modality, entries in by_modality.items():
@@ -145,8 +172,7 @@ class Pipeline:
         if not (errors and stop_on_error):
             for modality, prepared in prepared_light.items():
                 self._run_grouped(modality, prepared, vectors, errors)
-            for row, payload in prepared_light.get("text", []):
-                self.remember_text(items[row], vectors[row], len(payload))
+            self.settle_texts(plan, items, prepared_light.get("text", []))
         return vectors, sorted(errors, key=lambda e: e.index if e.index is not None else -1)
 
     # -- the text cache (shared by every face) ------------------------------------------------------

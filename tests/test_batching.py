@@ -124,3 +124,69 @@ def test_a_full_queue_refuses_at_once_but_an_empty_one_takes_any_request() -> No
         return answer
 
     assert run(scenario()) == list(range(10))
+
+
+def test_a_callers_items_batch_by_cost_as_the_synchronous_path_does() -> None:
+    tower = FakeTower()
+    texts = ["a" * n for n in [5, 1, 9, 1, 5, 3]]
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(tower.run, executor, max_batch_size=2, max_wait_ms=20, cost=len)
+            answer = await batcher.submit(texts)
+            await batcher.close()
+        return answer
+
+    assert run(scenario()) == [text * 2 for text in texts]  # rows in the caller's order
+    expected = [[len(texts[p]) for p in batch] for batch in by_cost([len(t) for t in texts], 2)]
+    assert [sorted(len(t) for t in batch) for batch in tower.batches] == expected
+
+
+def test_waiting_callers_batch_by_cost_around_the_oldest_item() -> None:
+    release = threading.Event()
+    tower = FakeTower()
+
+    def held(batch: list) -> list:
+        release.wait(5)
+        return tower.run(batch)
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(held, executor, max_batch_size=3, max_wait_ms=0, cost=len)
+            first = asyncio.ensure_future(batcher.submit(["x"]))
+            await asyncio.sleep(0.05)  # "x" is in the model; the next three callers queue
+            later = [
+                asyncio.ensure_future(batcher.submit(texts))
+                for texts in (["a" * 8], ["b", "bb", "b" * 7], ["c", "c" * 8, "cc"])
+            ]
+            await asyncio.sleep(0.05)
+            release.set()
+            answers = await asyncio.gather(first, *later)
+            await batcher.close()
+        return answers
+
+    assert run(scenario()) == [["xx"], ["a" * 16], ["bb", "bbbb", "b" * 14], ["cc", "c" * 16, "cccc"]]
+    lengths = [[len(t) for t in batch] for batch in tower.batches]
+    # first-come first-served would have padded [8, 1, 2], [7, 1, 2], [8]
+    assert lengths == [[1], [8, 7, 8], [1, 2, 1], [2]]
+
+
+def test_close_cancels_the_callers_still_waiting_and_the_batch_running() -> None:
+    release = threading.Event()
+
+    def held(batch: list) -> list:
+        release.wait(5)
+        return batch
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(held, executor, max_batch_size=1, max_wait_ms=0)
+            running = asyncio.ensure_future(batcher.submit([1]))
+            waiting = asyncio.ensure_future(batcher.submit([2]))
+            await asyncio.sleep(0.05)
+            await asyncio.wait_for(batcher.close(), 2)
+            release.set()
+            outcomes = await asyncio.wait_for(asyncio.gather(running, waiting, return_exceptions=True), 2)
+        return outcomes
+
+    assert all(isinstance(o, asyncio.CancelledError) for o in run(scenario()))

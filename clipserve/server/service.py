@@ -42,6 +42,7 @@ class EncodingService:
                 max_wait_ms=settings.max_wait_ms,
                 max_queue=settings.max_queue,
                 on_batch=lambda size, modality=modality: self.metrics.batch(modality, size),
+                cost=self.pipeline.model.towers[modality].cost,
             )
             for modality in self.pipeline.modalities
         }
@@ -103,22 +104,17 @@ class EncodingService:
         weight = self.admit(items)
         self._inflight_items += weight
         try:
-            cached = {p: hit for p, item in enumerate(items) if (hit := self.pipeline.cached_text(item))}
+            plan = self.pipeline.plan(items)
             if self.pipeline.text_cache is not None:
                 texts = sum(1 for item in items if item.kind == "text")
-                self.metrics.text_cache(hits=len(cached), misses=texts - len(cached))
-            missing = [p for p in range(len(items)) if p not in cached]
-            prepared = await self._prepare([items[p] for p in missing])
-            payloads: list = [None] * len(items)
-            for position, payload in zip(missing, prepared, strict=True):
-                payloads[position] = payload
-            by_modality: dict[str, list[int]] = {}
-            for position in missing:
-                by_modality.setdefault(items[position].modality, []).append(position)
+                self.metrics.text_cache(hits=plan.cache_hits, misses=texts - plan.cache_hits)
+            missing = sorted(p for positions in plan.pending.values() for p in positions)
+            prepared = await self._prepare([items[p] for p in missing], plan.errors)
+            payloads = dict(zip(missing, prepared, strict=True))
             results = await asyncio.gather(
                 *(
                     self.batchers[modality].submit([payloads[p] for p in positions])
-                    for modality, positions in by_modality.items()
+                    for modality, positions in plan.pending.items()
                 ),
                 return_exceptions=True,
             )
@@ -126,19 +122,14 @@ class EncodingService:
             self._inflight_items -= weight
         if failures := [r for r in results if isinstance(r, BaseException)]:
             raise first_error(failures)
-        vectors = np.empty((len(items), self.pipeline.dim), dtype=np.float32)
-        for positions, rows in zip(by_modality.values(), results, strict=True):
-            vectors[positions] = np.asarray(rows)
-        tokens = [0] * len(items)
-        for position in by_modality.get("text", []):
-            tokens[position] = len(payloads[position])
-            self.pipeline.remember_text(items[position], vectors[position], tokens[position])
-        for position, (vector, count) in cached.items():
-            vectors[position] = vector
-            tokens[position] = count
-        return vectors, tokens
+        for positions, rows in zip(plan.pending.values(), results, strict=True):
+            plan.vectors[positions] = np.asarray(rows)
+        embedded_texts = [(p, payloads[p]) for p in plan.pending.get("text", [])]
+        self.pipeline.settle_texts(plan, items, embedded_texts)
+        return plan.vectors, plan.tokens
 
-    async def _prepare(self, items: list[Item]) -> list:
+    async def _prepare(self, items: list[Item], known: list[InvalidInput]) -> list:
+        """The payloads of ``items``; raises the lowest-indexed error among theirs and ``known``."""
         loop = asyncio.get_running_loop()
         pipeline = self.pipeline
         budget = ByteBudget(self.settings.max_request_fetch_bytes)
@@ -159,7 +150,7 @@ class EncodingService:
             return await loop.run_in_executor(pipeline.prepare_pool, pipeline.prepare, item)
 
         outcomes = await asyncio.gather(*(prepared(item) for item in items), return_exceptions=True)
-        if failures := [o for o in outcomes if isinstance(o, BaseException)]:
+        if failures := [*known, *(o for o in outcomes if isinstance(o, BaseException))]:
             raise first_error(failures)
         return outcomes
 
