@@ -128,7 +128,7 @@ def main() -> None:
     import clipserve.ray
     from clipserve.ray.data import Entry, run_job
     from clipserve.ray.serve import PROXY_ENV, http_options
-    from clipserve.settings import EngineSettings, ServerSettings, resolve
+    from clipserve.settings import EncodeSettings, ServerSettings, resolve
 
     workdir = Path(tempfile.mkdtemp(prefix="clipserve-ray-"))
     export = random_export(workdir)
@@ -164,15 +164,10 @@ def main() -> None:
     for actors in (1, 2):
         output = workdir / f"job-{actors}"
         start = time.perf_counter()
-        run_job(
-            entries,
-            output,
-            EngineSettings(model=MODEL, weights=export),
-            shard_size=32,
-            actors=actors,
-            cpus_per_actor=2 / actors,
-            progress=False,
+        settings = EncodeSettings(
+            model=MODEL, weights=export, shard_size=32, replicas=actors, replica_cpus=2 / actors
         )
+        run_job(entries, output, settings, progress=False)
         bulk.append(
             (
                 f"Ray Data, {actors} actor{'s' if actors > 1 else ''} × {2 / actors:g} CPU",

@@ -22,7 +22,7 @@ from clipserve.errors import ClipserveError
 from clipserve.files import collect_files, write_vectors
 from clipserve.preprocess.audio import is_audio_path
 from clipserve.preprocess.image import is_image_path
-from clipserve.settings import EngineSettings, ServerSettings
+from clipserve.settings import EncodeSettings, EngineSettings, ServerSettings
 from clipserve.zoo import list_models
 
 CHUNK_BATCHES = 8
@@ -45,7 +45,9 @@ class SecretFlag(argparse.Action):
 
 
 def add_setting_flags(
-    parser: argparse.ArgumentParser, kind: type[EngineSettings], only: Sequence[str] | None = None
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    kind: type[EngineSettings],
+    only: Sequence[str] | None = None,
 ) -> None:
     """One flag per setting of ``kind`` (``--max-pixels``…); not given means ``None``."""
     for f in fields(kind):
@@ -116,13 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="out.npy (+ out.ids.json) or out.parquet; with --ray, a directory of parquet parts",
     )
     add_setting_flags(encode, EngineSettings)
-    ray = encode.add_argument_group("Ray Data (paths may also be globs and .parquet tables)")
-    ray.add_argument("--ray", action="store_true", help="embed on Ray Data; a rerun resumes the job")
-    ray.add_argument("--ray-address", "--address", help="Ray cluster to join (default: a local Ray)")
-    ray.add_argument("--actors", type=int, default=1, help="model replicas embedding in parallel")
-    ray.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (device cuda)")
-    ray.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor")
-    ray.add_argument("--shard-size", type=int, default=1024, help="inputs per parquet part")
+    add_setting_flags(
+        encode.add_argument_group("Ray Data (paths may also be globs and .parquet tables)"),
+        EncodeSettings,
+        only=[f.name for f in fields(EncodeSettings) if f.name not in EngineSettings.__dataclass_fields__],
+    )
 
     index = commands.add_parser(
         "index", allow_abbrev=False, help="build or update a search index of files, folders, globs and texts"
@@ -177,10 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cache", allow_abbrev=False, help="list or prune the download and export cache"
     )
     cache.add_argument("action", choices=("list", "prune"))
-    add_setting_flags(cache, EngineSettings, only=("cache_dir",))
-    cache.add_argument(
-        "--max-gb", type=float, help="prune: keep at most this many GB (least recently used go)"
-    )
+    add_setting_flags(cache, EngineSettings, only=("cache_dir", "cache_max_gb"))
     cache.add_argument("--older-than-days", type=float, help="prune: remove entries unused this long")
     cache.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
     return parser
@@ -289,14 +286,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from clipserve.cache import entries, prune
     from clipserve.weights import cache_dir
 
-    root = cache_dir(config.resolve(EngineSettings, **given_settings(args, EngineSettings)).cache_dir)
+    settings = config.resolve(EngineSettings, **given_settings(args, EngineSettings))
+    root = cache_dir(settings.cache_dir)
     if args.action == "list":
         listed = entries(root)
         for entry in listed:
             print(f"{entry.size / 1e6:10.1f} MB  {_age(entry.last_used):>10}  {entry.kind:<10}  {entry.path}")
         print(f"{sum(e.size for e in listed) / 1e6:10.1f} MB in {len(listed)} entries under {root}")
         return 0
-    max_bytes = int(args.max_gb * 1024**3) if args.max_gb is not None else None
+    max_bytes = int(settings.cache_max_gb * 1024**3) if settings.cache_max_gb is not None else None
     older = args.older_than_days * 86400 if args.older_than_days is not None else None
     removed = prune(root, max_bytes, older, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -414,23 +412,14 @@ def _age(timestamp: float) -> str:
     return f"{days:.1f} d ago" if days >= 1 else f"{days * 24:.1f} h ago"
 
 
-def encode_on_ray(args: argparse.Namespace, settings: EngineSettings) -> int:
+def encode_on_ray(args: argparse.Namespace, settings: EncodeSettings) -> int:
     """``clipserve encode --ray``: the job of :func:`clipserve.ray.data.run_job`."""
     from clipserve.families import resolve_model
     from clipserve.ray.data import entries_from, run_job
 
-    hears = resolve_model(settings)[0].family == "audioclip"
+    hears = resolve_model(settings.engine())[0].family == "audioclip"
     entries = entries_from(args.paths, args.text, lambda p: is_image_path(p) or (hears and is_audio_path(p)))
-    report = run_job(
-        entries,
-        args.output,
-        settings,
-        shard_size=args.shard_size,
-        actors=args.actors,
-        gpus_per_actor=args.gpus_per_actor,
-        cpus_per_actor=args.cpus_per_actor,
-        address=args.ray_address,
-    )
+    report = run_job(entries, args.output, settings)
     resumed = f" ({report.skipped_shards} parts were already there)" if report.skipped_shards else ""
     print(
         f"wrote {report.vectors} vectors in {report.shards} parts to {report.output}{resumed}",
@@ -449,10 +438,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if not args.paths and not args.text:
         print("error: nothing to encode: give image or audio paths/folders, or --text", file=sys.stderr)
         return 2
-    settings = config.resolve(EngineSettings, **given_settings(args, EngineSettings))
-    if args.ray:
+    settings = config.resolve(EncodeSettings, **given_settings(args, EncodeSettings))
+    if settings.ray:
         return encode_on_ray(args, settings)
-    encoder = Encoder(settings=settings)
+    encoder = Encoder(settings=settings.engine())
     hears = "audio" in encoder.modalities  # folders give audio files only to a model that embeds audio
     files = collect_files(args.paths, lambda p: is_image_path(p) or (hears and is_audio_path(p)))
     vectors = [encoder.encode_text(args.text)] if args.text else []

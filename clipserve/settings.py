@@ -116,7 +116,36 @@ PER_MODEL_FILES = ("weights", "tokenizer", "image_weights")
 
 
 @dataclass
-class ServerSettings(EngineSettings):
+class RaySettings:
+    """Where a model runs on Ray: ``serve --ray`` (Ray Serve replicas) and ``encode --ray`` (Ray
+    Data actors) alike, each replica one copy of the model with its share of the cluster."""
+
+    ray: bool = setting(
+        False,
+        "run on Ray (ray extra): serve on Ray Serve, or encode on Ray Data (a rerun resumes the job); "
+        "replicas across CPUs, GPUs and nodes",
+    )
+    ray_address: str | None = setting(
+        None, "Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local Ray)"
+    )
+    replicas: int = setting(1, "Ray: copies of the model working in parallel (each holds one)")
+    replica_cpus: float = setting(1.0, "Ray: CPUs reserved per replica (its decode and inference threads)")
+    replica_gpus: float = setting(0.0, "Ray: GPUs per replica (with device cuda)")
+
+
+@dataclass
+class EncodeSettings(RaySettings, EngineSettings):
+    """Everything ``clipserve encode`` can be told: the engine, and where it runs on Ray."""
+
+    shard_size: int = setting(1024, "Ray: inputs per parquet part of an encode job")
+
+    def engine(self) -> EngineSettings:
+        """The engine part, as an ``Encoder`` takes it."""
+        return EngineSettings(**{f.name: getattr(self, f.name) for f in fields(EngineSettings)})
+
+
+@dataclass
+class ServerSettings(RaySettings, EngineSettings):
     """Everything ``clipserve serve`` can be told."""
 
     model: list[str] = setting(  # noqa: RUF009 (a list default becomes a default_factory)
@@ -191,11 +220,6 @@ class ServerSettings(EngineSettings):
     )
     ssl_certfile: str | None = setting(None, "TLS certificate (PEM) to serve HTTPS")
     ssl_keyfile: str | None = setting(None, "TLS private key (PEM)")
-    ray: bool = setting(False, "serve on Ray Serve: replicas across CPUs, GPUs and nodes (ray extra)")
-    ray_address: str | None = setting(
-        None, "Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local Ray)"
-    )
-    replicas: int = setting(1, "Ray: replicas of the model (each holds one copy)")
     min_replicas: int = setting(1, "Ray autoscaling: fewest replicas (with max_replicas)")
     max_replicas: int = setting(0, "Ray autoscaling: most replicas; 0 keeps `replicas` fixed")
     target_ongoing_requests: float = setting(
@@ -207,8 +231,6 @@ class ServerSettings(EngineSettings):
     ray_request_timeout_s: float = setting(
         120.0, "Ray: longest time a request may take end to end; beyond it 503 (e.g. its replica died)"
     )
-    replica_cpus: float = setting(1.0, "Ray: CPUs reserved per replica (its decode and inference threads)")
-    replica_gpus: float = setting(0.0, "Ray: GPUs per replica (with device cuda)")
 
     def __post_init__(self) -> None:
         if isinstance(self.model, str):  # ServerSettings(model="A,B") as the flag, variable or YAML say it

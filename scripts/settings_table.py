@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from clipserve.settings import ENV_PREFIX, EngineSettings, ServerSettings
+from clipserve.settings import ENV_PREFIX, EncodeSettings, EngineSettings, ServerSettings
 
 
 def rows(kind: type[EngineSettings], skip: set[str]) -> list[str]:
@@ -24,15 +24,22 @@ def rows(kind: type[EngineSettings], skip: set[str]) -> list[str]:
 
 
 def inherited() -> set[str]:
-    """The engine settings the server takes as they are (``model`` it redefines: a list)."""
-    engine = {f.name: f.metadata["help"] for f in dataclasses.fields(EngineSettings)}
-    return {f.name for f in dataclasses.fields(ServerSettings) if engine.get(f.name) == f.metadata["help"]}
+    """The engine and Ray settings the server takes as they are (``model`` it redefines: a list)."""
+    shared = {f.name: f.metadata["help"] for f in dataclasses.fields(EncodeSettings)}
+    return {f.name for f in dataclasses.fields(ServerSettings) if shared.get(f.name) == f.metadata["help"]}
+
+
+def ray_only() -> set[str]:
+    """What ``encode`` takes beside the engine: where it runs on Ray."""
+    return {f.name for f in dataclasses.fields(EngineSettings)}
 
 
 def main() -> None:
     header = ["| setting | flag | variable | default | meaning |", "| --- | --- | --- | --- | --- |"]
     print("Library, CLI and server:\n")
     print("\n".join(header + rows(EngineSettings, set())))
+    print("\nRay, for `serve --ray` and `encode --ray` (`shard_size`: encode only):\n")
+    print("\n".join(header + rows(EncodeSettings, ray_only())))
     print("\nServer only, or different in the server:\n")
     print("\n".join(header + rows(ServerSettings, inherited())))
 

@@ -76,7 +76,7 @@ def test_cache_command_lists_and_prunes(tmp_path, capsys) -> None:
     assert "sha-1/fp32" in listing and "3.0 MB in 2 entries" in listing
     assert main(["cache", "prune", "--cache-dir", str(tmp_path), "--older-than-days", "7", "--dry-run"]) == 0
     assert "would remove" in capsys.readouterr().out and (tmp_path / "onnx/A/sha-1/fp32").exists()
-    assert main(["cache", "prune", "--cache-dir", str(tmp_path), "--max-gb", "0.0015"]) == 0
+    assert main(["cache", "prune", "--cache-dir", str(tmp_path), "--cache-max-gb", "0.0015"]) == 0
     assert not (tmp_path / "onnx/A/sha-1/fp32").exists() and kept.exists()
 
 

@@ -11,7 +11,7 @@ import shlex
 import pytest
 
 from clipserve.cli import build_parser
-from clipserve.settings import EngineSettings, ServerSettings
+from clipserve.settings import EncodeSettings, EngineSettings, ServerSettings
 from tests.conftest import REPO
 
 PAGES = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
@@ -32,9 +32,11 @@ def test_the_library_page_lists_every_setting_as_declared() -> None:
     page = (REPO / "docs" / "library.md").read_text()
     table = runpy.run_path(str(REPO / "scripts" / "settings_table.py"))
     server_rows = table["rows"](ServerSettings, table["inherited"]())
-    rows = table["rows"](EngineSettings, set()) + server_rows
-    named = {row.split("`")[1] for row in rows}
-    assert named == {f.name for f in dataclasses.fields(ServerSettings)}
+    ray_rows = table["rows"](EncodeSettings, table["ray_only"]())
+    rows = table["rows"](EngineSettings, set()) + ray_rows + server_rows
+    named = [row.split("`")[1] for row in rows]
+    declared = {f.name for kind in (ServerSettings, EncodeSettings) for f in dataclasses.fields(kind)}
+    assert set(named) == declared and len(named) - len(set(named)) == 1  # model: engine and server
     assert any(row.startswith("| `model` |") for row in server_rows)  # the server's model is a list
     missing = [row for row in rows if row not in page]
     assert not missing, (

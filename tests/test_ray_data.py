@@ -46,7 +46,7 @@ def test_data_job_writes_encoder_vectors_in_order_and_resumes(
 
     from clipserve.preprocess.image import is_image_path
     from clipserve.ray.data import entries_from, run_job
-    from clipserve.settings import EngineSettings
+    from clipserve.settings import EncodeSettings
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "images"
@@ -61,9 +61,9 @@ def test_data_job_writes_encoder_vectors_in_order_and_resumes(
     entries = entries_from([folder], captions, is_image_path)
     assert [e.id for e in entries] == [str(p) for p in paths] + [f"text:{c}" for c in captions]
     (folder / "0013.png").unlink()  # gone before the job reads it: an error, never embedded as text
-    settings = EngineSettings(model=NAME, weights=vit_onnx_export, batch_size=16)
+    settings = EncodeSettings(model=NAME, weights=vit_onnx_export, batch_size=16, shard_size=400, replicas=2)
     output = tmp_path / "vectors"
-    first = run_job(entries, output, settings, shard_size=400, actors=2, progress=False)
+    first = run_job(entries, output, settings, progress=False)
     assert (first.shards, first.skipped_shards, first.vectors) == (7, 0, 2498)
     assert [identifier for identifier, _ in first.errors] == [
         str(folder / "0007.png"),
@@ -86,7 +86,7 @@ def test_data_job_writes_encoder_vectors_in_order_and_resumes(
         (output / lost).unlink()
         del kept[lost]
     (output / ".part-000005.parquet.123.tmp").write_bytes(b"half")
-    second = run_job(entries, output, settings, shard_size=400, actors=2, progress=False)
+    second = run_job(entries, output, settings, progress=False)
     assert (second.shards, second.skipped_shards, second.vectors) == (7, 5, 2498)
     assert {p.name: p.stat().st_mtime_ns for p in output.glob("part-*.parquet") if p.name in kept} == kept
     again = pq.read_table(sorted(output.glob("part-*.parquet")))
@@ -95,7 +95,7 @@ def test_data_job_writes_encoder_vectors_in_order_and_resumes(
     assert np.allclose(np.asarray(again.column("vector").to_pylist()), vectors, atol=1e-6)
 
     with pytest.raises(Exception, match="holds a job with other"):
-        run_job(entries[:-1], output, settings, shard_size=400, progress=False)
+        run_job(entries[:-1], output, settings, progress=False)
     assert json.loads((output / "_clipserve_job.json").read_text())["items"] == 2500
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from clipserve.cli import build_parser, given_settings
-from clipserve.settings import EngineSettings, ServerSettings, resolve
+from clipserve.settings import EncodeSettings, EngineSettings, ServerSettings, resolve
 
 
 def test_defaults_are_loopback_and_fp32() -> None:
@@ -100,3 +100,38 @@ def test_per_model_files_need_the_name_path_form() -> None:
         ServerSettings(memory_policy="random").engines()
     single = ServerSettings(model="RN50::openai", weights="/one/file.pt").engines()
     assert [(e.model, e.weights) for e in single] == [("RN50::openai", "/one/file.pt")]
+
+
+def test_encode_on_ray_takes_the_ray_settings_of_serve(monkeypatch) -> None:
+    """One declaration: `encode --ray` and `serve --ray` share names, flags and variables."""
+    monkeypatch.setenv("CLIPSERVE_RAY_ADDRESS", "ray://head:10001")
+    monkeypatch.setenv("CLIPSERVE_REPLICA_GPUS", "1")
+    parser = build_parser()
+    flags = ["--ray", "--replicas", "4", "--replica-cpus", "2", "--shard-size", "500"]
+    args = parser.parse_args(["encode", "--text", "a cat", "-o", "out.npy", "--batch-size", "8", *flags])
+    settings = resolve(EncodeSettings, None, **given_settings(args, EncodeSettings))
+    assert (settings.ray, settings.replicas, settings.replica_cpus, settings.shard_size) == (
+        True,
+        4,
+        2.0,
+        500,
+    )
+    assert (settings.ray_address, settings.replica_gpus) == ("ray://head:10001", 1.0)
+    assert settings.engine() == EngineSettings(batch_size=8)  # what the encoder takes, nothing of Ray
+    served = resolve(
+        ServerSettings, None, **given_settings(parser.parse_args(["serve", *flags[:5]]), ServerSettings)
+    )
+    assert (served.ray_address, served.replicas, served.replica_cpus, served.replica_gpus) == (
+        "ray://head:10001",
+        4,
+        2.0,
+        1.0,
+    )
+
+
+def test_cache_prune_takes_the_cache_cap_setting(monkeypatch) -> None:
+    monkeypatch.setenv("CLIPSERVE_CACHE_MAX_GB", "5")
+    args = build_parser().parse_args(["cache", "prune"])
+    assert resolve(EngineSettings, None, **given_settings(args, EngineSettings)).cache_max_gb == 5.0
+    args = build_parser().parse_args(["cache", "prune", "--cache-max-gb", "2"])
+    assert resolve(EngineSettings, None, **given_settings(args, EngineSettings)).cache_max_gb == 2.0

@@ -24,7 +24,7 @@ from clipserve.encoder import Encoder
 from clipserve.errors import ClipserveError
 from clipserve.files import collect_files, write_atomically, write_vectors
 from clipserve.preprocess.audio import is_audio_path
-from clipserve.settings import EngineSettings
+from clipserve.settings import EncodeSettings, EngineSettings
 
 MANIFEST = "_clipserve_job.json"
 PART = "part-{:06d}.parquet"
@@ -100,32 +100,26 @@ class JobReport:
 
 
 def run_job(
-    entries: Sequence[Entry],
-    output: Path,
-    settings: EngineSettings,
-    *,
-    shard_size: int = 1024,
-    actors: int = 1,
-    gpus_per_actor: float = 0.0,
-    cpus_per_actor: float = 1.0,
-    address: str | None = None,
-    progress: bool = True,
+    entries: Sequence[Entry], output: Path, settings: EncodeSettings, *, progress: bool = True
 ) -> JobReport:
-    """Embed ``entries`` into ``output``/part-NNNNNN.parquet, one part per ``shard_size`` entries, in
-    input order; parts already there are kept (the job resumes). Needs the ``ray`` extra."""
+    """Embed ``entries`` into ``output``/part-NNNNNN.parquet, one part per ``settings.shard_size``
+    entries, in input order, on ``settings.replicas`` Ray Data actors (each with ``replica_cpus``
+    and ``replica_gpus``, on the cluster at ``ray_address``); parts already there are kept (the job
+    resumes). Needs the ``ray`` extra."""
     import ray
     from tqdm import tqdm
 
     if not entries:
         raise ClipserveError("nothing to encode")
+    shard_size = settings.shard_size
     output.mkdir(parents=True, exist_ok=True)
-    _check_manifest(output, entries, settings, shard_size)
+    _check_manifest(output, entries, settings)
     _move_legacy_error_lists(output)
     shards = [entries[start : start + shard_size] for start in range(0, len(entries), shard_size)]
     todo = [number for number in range(len(shards)) if not (output / PART.format(number)).is_file()]
     if todo:
         if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=settings.ray_address, log_to_driver=False)
         tasks = ray.data.from_items(
             [
                 {
@@ -140,11 +134,11 @@ def run_job(
         )
         written = tasks.map_batches(
             ShardWriter,
-            fn_constructor_kwargs={"settings": settings, "output": str(output)},
+            fn_constructor_kwargs={"settings": settings.engine(), "output": str(output)},
             batch_size=1,
-            concurrency=actors,
-            num_cpus=cpus_per_actor,
-            num_gpus=gpus_per_actor,
+            concurrency=settings.replicas,
+            num_cpus=settings.replica_cpus,
+            num_gpus=settings.replica_gpus,
         )
         with tqdm(
             total=sum(len(shards[n]) for n in todo), unit="item", desc="encoding", disable=not progress
@@ -231,16 +225,14 @@ def _portable(value: Any) -> Any:
     return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else value
 
 
-def _check_manifest(
-    output: Path, entries: Sequence[Entry], settings: EngineSettings, shard_size: int
-) -> None:
+def _check_manifest(output: Path, entries: Sequence[Entry], settings: EncodeSettings) -> None:
     """A job directory belongs to one input and one model: a rerun must match them."""
     digest = hashlib.sha256("\n".join(e.id for e in entries).encode()).hexdigest()
     manifest = {
         "model": settings.model,
         "precision": settings.precision,
         "items": len(entries),
-        "shard_size": shard_size,
+        "shard_size": settings.shard_size,
         "ids_sha256": digest,
     }
     path = output / MANIFEST
