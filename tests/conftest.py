@@ -6,9 +6,11 @@ server a test talks to listens on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import threading
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -112,7 +114,6 @@ class RandomModel:
 
 
 _MODELS: dict[str, RandomModel] = {}
-_ENCODERS: dict[tuple[str, str], object] = {}
 
 
 @pytest.fixture(scope="session")
@@ -127,21 +128,49 @@ def random_model(tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
+@contextlib.contextmanager
+def built_once() -> Iterator[Callable[..., object]]:
+    """``get(*args, **kwargs)``: one Encoder per distinct arguments, built on first use; all of
+    them are closed on exit (a fixture's scope)."""
+    from clipserve.encoder import Encoder
+
+    built: dict[str, Encoder] = {}
+
+    def get(*args, **kwargs) -> Encoder:
+        key = repr((args, sorted(kwargs.items())))
+        if key not in built:
+            built[key] = Encoder(*args, **kwargs)
+        return built[key]
+
+    try:
+        yield get
+    finally:
+        for encoder in built.values():
+            encoder.close()
+
+
+@pytest.fixture
+def new_encoder():
+    """``new_encoder(*args, **kwargs)``: a new Encoder, closed when the test ends."""
+    from clipserve.encoder import Encoder
+
+    with contextlib.ExitStack() as opened:
+        yield lambda *args, **kwargs: opened.enter_context(Encoder(*args, **kwargs))
+
+
 @pytest.fixture(scope="session")
 def encoder_for(random_model, cache_root: Path):
     """``encoder_for(name, backend)``: an Encoder on the random checkpoint, built once per session."""
-    from clipserve.encoder import Encoder
+    with built_once() as get:
+        yield lambda name, backend: get(
+            name, backend=backend, weights=random_model(name).checkpoint, cache_dir=cache_root, batch_size=4
+        )
 
-    def get(name: str, backend: str):
-        key = (name, backend)
-        if key not in _ENCODERS:
-            model = random_model(name)
-            _ENCODERS[key] = Encoder(
-                name, backend=backend, weights=model.checkpoint, cache_dir=cache_root, batch_size=4
-            )
-        return _ENCODERS[key]
 
-    return get
+@pytest.fixture(scope="session")
+def onnx_export(encoder_for) -> Callable[[str], str]:
+    """``onnx_export(name)``: the ONNX export directory of the random checkpoint of ``name``."""
+    return lambda name: encoder_for(name, "onnx").info()["weights"]
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -195,7 +224,7 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def vit_onnx_export(encoder_for) -> str:
-    """The ONNX export of the random ViT-B-32 (the Ray tests' model)."""
-    return encoder_for("ViT-B-32::openai", "onnx").info()["weights"]
+@pytest.fixture(scope="session")
+def vit_onnx_export(onnx_export) -> str:
+    """The ONNX export of the random ViT-B-32 (the model most server tests serve)."""
+    return onnx_export("ViT-B-32::openai")

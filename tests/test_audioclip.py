@@ -21,7 +21,7 @@ from clipserve.errors import InvalidInput, WeightsUnavailable
 from clipserve.preprocess.audio import decode_audio
 from tests.audio_signals import FIXTURES, IMAGES, SIGNALS, SPEECH, TEXTS, tone
 from tests.audioclip_weights import write_checkpoint
-from tests.conftest import cosines
+from tests.conftest import built_once, cosines
 
 NAME = "AudioCLIP::full"
 
@@ -38,17 +38,10 @@ def reference():
 
 @pytest.fixture(scope="module")
 def encoders(checkpoint, cache_root):
-    from clipserve.encoder import Encoder
-
-    cache = cache_root  # shared with the Jina tests: the seeded checkpoint exports once
-    built = {}
-
-    def get(backend: str):
-        if backend not in built:
-            built[backend] = Encoder(NAME, backend=backend, weights=checkpoint, cache_dir=cache)
-        return built[backend]
-
-    return get
+    """``encoders(backend)``: AudioCLIP on the seeded checkpoint, built once (the cache is shared with
+    the Jina tests: the checkpoint exports once)."""
+    with built_once() as get:
+        yield lambda backend: get(NAME, backend=backend, weights=checkpoint, cache_dir=cache_root)
 
 
 def clip_vectors(reference) -> np.ndarray:
@@ -83,11 +76,9 @@ def test_torch_and_onnx_agree(encoders) -> None:
     assert cosines(onnx_vectors, torch_vectors).min() >= 0.9999
 
 
-def test_int8_keeps_the_audio_tower_fp32(checkpoint, encoders) -> None:
-    from clipserve.encoder import Encoder
-
+def test_int8_keeps_the_audio_tower_fp32(checkpoint, encoders, new_encoder) -> None:
     fp32 = encoders("onnx")
-    int8 = Encoder(NAME, precision="int8", weights=checkpoint, cache_dir=fp32.settings.cache_dir)
+    int8 = new_encoder(NAME, precision="int8", weights=checkpoint, cache_dir=fp32.settings.cache_dir)
     clips = [tone(440, 5.0), tone(1000, 7.0, amplitude=0.2)]
     np.testing.assert_allclose(int8.encode_audio(clips), fp32.encode_audio(clips), atol=1e-6)
     assert cosines(int8.encode_text(TEXTS), fp32.encode_text(TEXTS)).min() >= 0.99

@@ -12,12 +12,12 @@ from clipserve.cli import main
 NAME = "RN50::openai"
 
 
-def test_the_same_weights_at_another_path_reuse_the_export(tmp_path, random_model, monkeypatch) -> None:
-    from clipserve.encoder import Encoder
-
+def test_the_same_weights_at_another_path_reuse_the_export(
+    tmp_path, random_model, monkeypatch, new_encoder
+) -> None:
     checkpoint = random_model(NAME).checkpoint
     cache = tmp_path / "cache"
-    first = Encoder(NAME, weights=checkpoint, cache_dir=cache)
+    first = new_encoder(NAME, weights=checkpoint, cache_dir=cache)
     elsewhere = tmp_path / "redownloaded" / "RN50.pt"
     elsewhere.parent.mkdir()
     shutil.copy(checkpoint, elsewhere)
@@ -26,7 +26,7 @@ def test_the_same_weights_at_another_path_reuse_the_export(tmp_path, random_mode
         raise AssertionError("exported again for the same content at a new path")
 
     monkeypatch.setattr("clipserve.backends.export.export_onnx", no_export)
-    second = Encoder(NAME, weights=elsewhere, cache_dir=cache)
+    second = new_encoder(NAME, weights=elsewhere, cache_dir=cache)
     assert second.info()["weights"] == first.info()["weights"]
     assert "/sha-" in first.info()["weights"]
     assert len(list(cache.glob("onnx/RN50/*"))) == 1
@@ -80,12 +80,10 @@ def test_cache_command_lists_and_prunes(tmp_path, capsys) -> None:
     assert not (tmp_path / "onnx/A/sha-1/fp32").exists() and kept.exists()
 
 
-def test_a_cache_cap_evicts_on_load_but_never_the_model_in_use(tmp_path, random_model) -> None:
-    from clipserve.encoder import Encoder
-
+def test_a_cache_cap_evicts_on_load_but_never_the_model_in_use(tmp_path, random_model, new_encoder) -> None:
     cache = tmp_path / "cache"
     stale = _entry(cache, "onnx/Other/sha-9/fp32", 5_000_000, 86400)
-    encoder = Encoder(NAME, weights=random_model(NAME).checkpoint, cache_dir=cache, cache_max_gb=0.001)
+    encoder = new_encoder(NAME, weights=random_model(NAME).checkpoint, cache_dir=cache, cache_max_gb=0.001)
     assert not stale.exists()
     assert os.path.isdir(encoder.info()["weights"])
     assert encoder.encode(["still works"]).shape == (1, 1024)

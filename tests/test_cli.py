@@ -30,7 +30,9 @@ def test_models_lists_the_table(capsys) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".parquet"])
-def test_encode_folder_and_texts(suffix, tmp_path, photos_dir, photo_paths, random_model, cache_root, capsys):
+def test_encode_folder_and_texts(
+    suffix, tmp_path, photos_dir, photo_paths, random_model, cache_root, capsys, new_encoder
+):
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / f"vectors{suffix}"
     args = ["encode", "--model", NAME, "--weights", str(random_model(NAME).checkpoint)]
@@ -50,9 +52,7 @@ def test_encode_folder_and_texts(suffix, tmp_path, photos_dir, photo_paths, rand
     assert sorted(ids[2:]) == sorted(str(p) for p in photo_paths)
     assert vectors.shape == (len(photo_paths) + 2, 512) and vectors.dtype == np.float32
 
-    from clipserve.encoder import Encoder
-
-    encoder = Encoder(NAME, weights=random_model(NAME).checkpoint, cache_dir=cache_root)
+    encoder = new_encoder(NAME, weights=random_model(NAME).checkpoint, cache_dir=cache_root)
     expected = np.concatenate(
         [encoder.encode_text(["a cat", str(photo_paths[0])]), encoder.encode_image(ids[2:])]
     )

@@ -29,8 +29,8 @@ MAX_ITEMS = 8
 
 
 @pytest.fixture(scope="module")
-def server(encoder_for):
-    weights = encoder_for(NAME, "onnx").info()["weights"]
+def server(onnx_export):
+    weights = onnx_export(NAME)
     with running_server(
         weights=weights,
         api_key=KEY,
@@ -96,11 +96,11 @@ def test_compat_is_off_by_default_and_names_are_checked() -> None:
         ServerSettings(compat=["tei,milvus"])
 
 
-def test_docs_list_the_compat_routes(server, encoder_for) -> None:
+def test_docs_list_the_compat_routes(server, onnx_export) -> None:
     paths = httpx.get(f"{server}/openapi.json").json()["paths"]
     for path in ("/vectorize", "/meta", "/predict", "/ping", "/embed", "/info", "/embeddings", "/models"):
         assert path in paths, path
-    weights = encoder_for(NAME, "onnx").info()["weights"]
+    weights = onnx_export(NAME)
     with running_server(weights=weights) as (url, _):
         plain = httpx.get(f"{url}/openapi.json").json()["paths"]
         assert not {"/vectorize", "/predict", "/embed", "/embeddings"} & set(plain)

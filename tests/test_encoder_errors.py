@@ -111,12 +111,10 @@ def test_missing_devices_are_errors_not_cpu_fallbacks(random_model, cache_root) 
         Encoder(NAME, backend="onnx", device="tpu", weights=checkpoint, cache_dir=cache_root)
 
 
-def test_url_inputs_when_allowed(photo_paths, random_model, cache_root, loopback_files) -> None:
-    from clipserve.encoder import Encoder
-
+def test_url_inputs_when_allowed(photo_paths, random_model, cache_root, loopback_files, new_encoder) -> None:
     base, files = loopback_files
     files["/cat.png"] = photo_paths[1].read_bytes()
-    encoder = Encoder(
+    encoder = new_encoder(
         NAME,
         weights=random_model(NAME).checkpoint,
         cache_dir=cache_root,

@@ -97,11 +97,9 @@ def test_rank_is_softmax_of_scaled_cosine(backend: str, photo_paths, random_mode
     assert image_query[0].clip_score >= image_query[-1].clip_score
 
 
-def test_batch_size_does_not_change_vectors(photo_paths, random_model, cache_root) -> None:
-    from clipserve.encoder import Encoder
-
+def test_batch_size_does_not_change_vectors(photo_paths, random_model, cache_root, new_encoder) -> None:
     model = random_model("ViT-B-32::openai")
     texts = AWKWARD_TEXTS * 3
-    small = Encoder("ViT-B-32::openai", weights=model.checkpoint, cache_dir=cache_root, batch_size=1)
-    large = Encoder("ViT-B-32::openai", weights=model.checkpoint, cache_dir=cache_root, batch_size=64)
+    small = new_encoder("ViT-B-32::openai", weights=model.checkpoint, cache_dir=cache_root, batch_size=1)
+    large = new_encoder("ViT-B-32::openai", weights=model.checkpoint, cache_dir=cache_root, batch_size=64)
     assert cosines(small.encode(texts + photo_paths), large.encode(texts + photo_paths)).min() >= 0.99999

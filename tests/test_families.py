@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from clipserve.errors import WeightsUnavailable
-from tests.conftest import AWKWARD_TEXTS, cosines, open_clip_transform
+from tests.conftest import AWKWARD_TEXTS, built_once, cosines, open_clip_transform
 from tests.tiny_models import CORPUS, FAMILIES, build_open_clip, open_clip_reference, train_tokenizer
 
 TEXTS = [*AWKWARD_TEXTS, *CORPUS[len(AWKWARD_TEXTS) :], "word " * 200, "東京 " * 100]
@@ -37,21 +37,11 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def encoders(tiny, tmp_path_factory):
     """``encoders(family, backend)``: an Encoder on the tiny model, built once."""
-    from clipserve.encoder import Encoder
-
-    built = {}
     cache = tmp_path_factory.mktemp("families-cache")
-
-    def get(family: str, backend: str):
-        if (family, backend) not in built:
-            directory, _ = tiny(family)
-            name = FAMILIES[family].zoo_name
-            built[family, backend] = Encoder(
-                name, backend=backend, weights=directory, cache_dir=cache, batch_size=4
-            )
-        return built[family, backend]
-
-    return get
+    with built_once() as get:
+        yield lambda family, backend: get(
+            FAMILIES[family].zoo_name, backend=backend, weights=tiny(family)[0], cache_dir=cache, batch_size=4
+        )
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -102,14 +92,12 @@ def test_batches_are_cut_short_only_where_exact(family, encoders) -> None:
     assert (max(widths) < context) == TRIMMED[family], widths
 
 
-def test_the_export_carries_its_tokenizer(encoders, tmp_path) -> None:
-    from clipserve.encoder import Encoder
-
+def test_the_export_carries_its_tokenizer(encoders, tmp_path, new_encoder) -> None:
     first = encoders("xlmr", "onnx")
     export = first.info()["weights"]
     copied = sorted(p.name for p in (first.pipeline.model.backend.model_dir / "tokenizer").iterdir())
     assert copied == ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
-    alone = Encoder(first.spec.name, weights=export, cache_dir=tmp_path)  # no hub, no torch needed
+    alone = new_encoder(first.spec.name, weights=export, cache_dir=tmp_path)  # no hub, no torch needed
     assert cosines(alone.encode_text(TEXTS), first.encode_text(TEXTS)).min() > 0.99999
 
 
@@ -178,15 +166,13 @@ def _reference_tokenizer(directory):
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_mclip_equals_the_multilingual_clip_package(
-    backend, mclip, random_model, cache_root, photo_paths
+    backend, mclip, random_model, cache_root, photo_paths, new_encoder
 ) -> None:
     import torch
 
-    from clipserve.encoder import Encoder
-
     directory, reference = mclip
     image_weights = random_model("ViT-B-32::openai").checkpoint
-    encoder = Encoder(
+    encoder = new_encoder(
         MCLIP, backend=backend, weights=directory, image_weights=image_weights, cache_dir=cache_root
     )
     with torch.no_grad():
@@ -203,11 +189,9 @@ def test_mclip_equals_the_multilingual_clip_package(
     assert (info["family"], info["image_model"], info["dim"]) == ("mclip", "ViT-B-32::openai", 512)
 
 
-def test_mclip_token_ids_are_the_tokenizers_cut_at_77(mclip, random_model, cache_root) -> None:
-    from clipserve.encoder import Encoder
-
+def test_mclip_token_ids_are_the_tokenizers_cut_at_77(mclip, random_model, cache_root, new_encoder) -> None:
     directory, _ = mclip
-    encoder = Encoder(
+    encoder = new_encoder(
         MCLIP,
         weights=directory,
         image_weights=random_model("ViT-B-32::openai").checkpoint,
@@ -218,7 +202,7 @@ def test_mclip_token_ids_are_the_tokenizers_cut_at_77(mclip, random_model, cache
     assert tokenizer.token_ids(TEXTS) == [[i for i in row if i != tokenizer.pad_id] for row in expected]
 
 
-def test_mclip_int8_and_strict_loading(mclip, random_model, cache_root, tmp_path) -> None:
+def test_mclip_int8_and_strict_loading(mclip, random_model, cache_root, tmp_path, new_encoder) -> None:
     import shutil
 
     import torch
@@ -227,8 +211,8 @@ def test_mclip_int8_and_strict_loading(mclip, random_model, cache_root, tmp_path
 
     directory, _ = mclip
     image_weights = random_model("ViT-B-32::openai").checkpoint
-    fp32 = Encoder(MCLIP, weights=directory, image_weights=image_weights, cache_dir=cache_root)
-    int8 = Encoder(
+    fp32 = new_encoder(MCLIP, weights=directory, image_weights=image_weights, cache_dir=cache_root)
+    int8 = new_encoder(
         MCLIP, weights=directory, image_weights=image_weights, cache_dir=cache_root, precision="int8"
     )
     assert cosines(int8.encode_text(TEXTS), fp32.encode_text(TEXTS)).min() > 0.98
@@ -294,12 +278,10 @@ def test_cli_encodes_with_a_model_directory(tiny, encoders, tmp_path, photo_path
     assert cosines(np.load(out), expected).min() > 0.99999
 
 
-def test_a_single_weights_file_with_a_tokenizer_directory(tmp_path) -> None:
+def test_a_single_weights_file_with_a_tokenizer_directory(tmp_path, new_encoder) -> None:
     """``weights=FILE, tokenizer=DIR``: the zoo architecture (full size) with its tokenizer elsewhere."""
     import open_clip
     import torch
-
-    from clipserve.encoder import Encoder
 
     name = "ViT-B-16-SigLIP::webli"
     tokenizer_dir = tmp_path / "tokenizer"
@@ -307,7 +289,7 @@ def test_a_single_weights_file_with_a_tokenizer_directory(tmp_path) -> None:
     torch.manual_seed(3)
     model = open_clip.create_model("ViT-B-16-SigLIP").eval()
     torch.save(model.state_dict(), tmp_path / "siglip.pt")
-    encoder = Encoder(name, backend="torch", weights=tmp_path / "siglip.pt", tokenizer=tokenizer_dir)
+    encoder = new_encoder(name, backend="torch", weights=tmp_path / "siglip.pt", tokenizer=tokenizer_dir)
     from open_clip.tokenizer import HFTokenizer
 
     reference = HFTokenizer(str(tokenizer_dir), context_length=64, clean="canonicalize")

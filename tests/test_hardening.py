@@ -39,8 +39,8 @@ def strip_png(width: int, height: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(encoder_for) -> str:
-    return encoder_for(NAME, "onnx").info()["weights"]
+def onnx_dir(onnx_export) -> str:
+    return onnx_export(NAME)
 
 
 @pytest.fixture(scope="module")
@@ -284,10 +284,10 @@ def test_available_cpus_follow_affinity_and_quota(tmp_path, monkeypatch) -> None
     assert resources.available_cpus() == len(os.sched_getaffinity(0))
 
 
-def test_int8_files_are_shared_like_fp32(encoder_for, tmp_path) -> None:
+def test_int8_files_are_shared_like_fp32(tmp_path, onnx_export) -> None:
     from clipserve.backends.precision import derive_int8
 
-    fp32 = encoder_for(NAME, "onnx").info()["weights"]
+    fp32 = onnx_export(NAME)
     out = derive_int8(type(tmp_path)(fp32), tmp_path / "int8")
     modes = {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert modes == {stat.S_IMODE((type(tmp_path)(fp32) / "clipserve.json").stat().st_mode)}

@@ -32,8 +32,8 @@ REDOS = b"[" * 5000 + b'"' + b'\\"' * 20000
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(encoder_for) -> str:
-    return encoder_for(NAME, "onnx").info()["weights"]
+def onnx_dir(onnx_export) -> str:
+    return onnx_export(NAME)
 
 
 @pytest.fixture(scope="module")
@@ -323,9 +323,9 @@ def test_a_decode_budget_bounds_what_decodes_hold_at_once() -> None:
     assert all(total <= 100 for total in most if total != 500)
 
 
-def test_every_model_decodes_within_one_budget(encoder_for, photo_paths, monkeypatch) -> None:
+def test_every_model_decodes_within_one_budget(photo_paths, monkeypatch, onnx_export) -> None:
     """Two models served by one process: their decodes reserve from the same budget."""
-    exports = {name: encoder_for(name, "onnx").info()["weights"] for name in (NAME, "RN50::openai")}
+    exports = {name: onnx_export(name) for name in (NAME, "RN50::openai")}
     assert process_budget(1) is process_budget(2048) and process_budget(1).capacity >= 2048 * 2**20
     budgets, sizes = set(), []
     original = DecodeBudget.reserve

@@ -25,7 +25,7 @@ ENVIRONMENTS = {
 
 
 @pytest.fixture(scope="module")
-def exports(encoder_for, cache_root, tmp_path_factory, photo_paths) -> str:
+def exports(cache_root, tmp_path_factory, photo_paths, onnx_export) -> str:
     """The models the Jina tests run, as ONNX exports (those environments have no torch), and a
     transformers CLIPModel directory whose export is in ``cache_root``, with the vectors transformers'
     own modules (the torch backend) give for a photo and a text."""
@@ -34,7 +34,7 @@ def exports(encoder_for, cache_root, tmp_path_factory, photo_paths) -> str:
     from clipserve.encoder import Encoder
     from tests import hf_models
 
-    vit = encoder_for("ViT-B-32::openai", "onnx").info()["weights"]
+    vit = onnx_export("ViT-B-32::openai")
     checkpoint = write_checkpoint(tmp_path_factory.mktemp("audioclip") / "AudioCLIP-Full-Training.pt")
     with Encoder("AudioCLIP::full", weights=checkpoint, cache_dir=cache_root) as audioclip:
         audio = audioclip.info()["weights"]

@@ -21,8 +21,8 @@ TEXTS = ["a photo of a cat", "a diagram", "Ünïcödé café"]
 
 
 @pytest.fixture(scope="module")
-def exports(encoder_for) -> dict[str, str]:
-    return {name: encoder_for(name, "onnx").info()["weights"] for name in (VIT, RN50)}
+def exports(onnx_export) -> dict[str, str]:
+    return {name: onnx_export(name) for name in (VIT, RN50)}
 
 
 def served(exports: dict[str, str], *names: str) -> list[str]:

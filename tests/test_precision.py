@@ -16,12 +16,12 @@ def int8_cache(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["ViT-B-32::openai", "RN50::openai"])
-def test_int8_close_to_fp32_on_photos_and_texts(name, int8_cache, random_model, photo_paths) -> None:
-    from clipserve.encoder import Encoder
-
+def test_int8_close_to_fp32_on_photos_and_texts(
+    name, int8_cache, random_model, photo_paths, new_encoder
+) -> None:
     checkpoint = random_model(name).checkpoint
-    fp32 = Encoder(name, weights=checkpoint, cache_dir=int8_cache)
-    int8 = Encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8")
+    fp32 = new_encoder(name, weights=checkpoint, cache_dir=int8_cache)
+    int8 = new_encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8")
     assert int8.info()["precision"] == "int8" and fp32.info()["precision"] == "fp32"
     int8_dir, fp32_dir = int8.info()["weights"], fp32.info()["weights"]
     assert int8_dir != fp32_dir
@@ -30,23 +30,23 @@ def test_int8_close_to_fp32_on_photos_and_texts(name, int8_cache, random_model, 
     assert cosines(int8.encode_text(AWKWARD_TEXTS), fp32.encode_text(AWKWARD_TEXTS)).min() >= 0.99
 
 
-def test_int8_export_is_cached_and_reused(int8_cache, random_model, monkeypatch) -> None:
-    from clipserve.encoder import Encoder
-
+def test_int8_export_is_cached_and_reused(int8_cache, random_model, monkeypatch, new_encoder) -> None:
     name = "ViT-B-32::openai"
     checkpoint = random_model(name).checkpoint
-    first = Encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8")
+    first = new_encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8")
 
     def no_quantising(*args, **kwargs):
         raise AssertionError("quantised again instead of reusing the cache")
 
     monkeypatch.setattr("clipserve.backends.precision.derive_int8", no_quantising)
     monkeypatch.setattr("clipserve.backends.export.export_onnx", no_quantising)
-    second = Encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8")
+    second = new_encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8")
     assert second.info()["weights"] == first.info()["weights"]
 
 
-def test_an_int8_export_quantised_otherwise_is_derived_again(int8_cache, random_model, monkeypatch) -> None:
+def test_an_int8_export_quantised_otherwise_is_derived_again(
+    int8_cache, random_model, monkeypatch, new_encoder
+) -> None:
     """An int8 export that does not record the towers it quantised (made before the audio tower
     stayed fp32) is derived again, once."""
     import json
@@ -56,7 +56,9 @@ def test_an_int8_export_quantised_otherwise_is_derived_again(int8_cache, random_
 
     name = "ViT-B-32::openai"
     checkpoint = random_model(name).checkpoint
-    export = Path(Encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8").info()["weights"])
+    export = Path(
+        new_encoder(name, weights=checkpoint, cache_dir=int8_cache, precision="int8").info()["weights"]
+    )
     meta = json.loads((export / ONNX_MARKER).read_text())
     assert meta["quantised"] == ["image.onnx", "text.onnx"]
     del meta["quantised"]
@@ -71,7 +73,9 @@ def test_an_int8_export_quantised_otherwise_is_derived_again(int8_cache, random_
     assert len(derived) == 1
 
 
-def test_export_command_writes_int8_that_loads_without_checkpoint(tmp_path, random_model, int8_cache) -> None:
+def test_export_command_writes_int8_that_loads_without_checkpoint(
+    tmp_path, random_model, int8_cache, new_encoder
+) -> None:
     from clipserve.cli import main
     from clipserve.encoder import Encoder
 
@@ -81,18 +85,16 @@ def test_export_command_writes_int8_that_loads_without_checkpoint(tmp_path, rand
     args = ["export", "--model", name, "--weights", str(checkpoint), "--cache-dir", str(int8_cache)]
     assert main([*args, "--precision", "int8", "--output", str(out)]) == 0
     assert json.loads((out / "clipserve.json").read_text())["precision"] == "int8"
-    encoder = Encoder(name, weights=out, precision="int8")
-    reference = Encoder(name, weights=checkpoint, cache_dir=int8_cache)
+    encoder = new_encoder(name, weights=out, precision="int8")
+    reference = new_encoder(name, weights=checkpoint, cache_dir=int8_cache)
     assert cosines(encoder.encode_text(["a cat"]), reference.encode_text(["a cat"]))[0] >= 0.99
     with pytest.raises(UnsupportedModel, match="is a int8 export; pass an fp32 export"):
         Encoder(name, weights=out, precision="fp32")
 
 
-def test_an_fp32_export_dir_yields_int8_in_the_cache(tmp_path, encoder_for) -> None:
-    from clipserve.encoder import Encoder
-
-    fp32_dir = encoder_for("ViT-B-32::openai", "onnx").info()["weights"]
-    encoder = Encoder("ViT-B-32::openai", weights=fp32_dir, cache_dir=tmp_path, precision="int8")
+def test_an_fp32_export_dir_yields_int8_in_the_cache(tmp_path, onnx_export, new_encoder) -> None:
+    fp32_dir = onnx_export("ViT-B-32::openai")
+    encoder = new_encoder("ViT-B-32::openai", weights=fp32_dir, cache_dir=tmp_path, precision="int8")
     assert encoder.info()["weights"].startswith(str(tmp_path / "onnx" / "ViT-B-32" / "sha-"))
 
 
@@ -100,7 +102,7 @@ def no_deriving(*args, **kwargs):
     raise AssertionError("converted before the device was checked")
 
 
-def test_wrong_precision_for_backend_or_device(random_model, cache_root, monkeypatch) -> None:
+def test_wrong_precision_for_backend_or_device(random_model, cache_root, monkeypatch, new_encoder) -> None:
     from clipserve.backends.onnx import OnnxBackend
     from clipserve.encoder import Encoder
 
@@ -115,33 +117,35 @@ def test_wrong_precision_for_backend_or_device(random_model, cache_root, monkeyp
     monkeypatch.setattr("clipserve.backends.precision.derive", no_deriving)
     with pytest.raises(DeviceUnavailable, match="CUDAExecutionProvider"):
         Encoder(name, precision="fp16", device="cuda", weights=checkpoint, cache_dir=cache_root)
-    fp32_dir = Encoder(name, weights=checkpoint, cache_dir=cache_root).pipeline.model.backend.model_dir
+    fp32_dir = new_encoder(name, weights=checkpoint, cache_dir=cache_root).pipeline.model.backend.model_dir
     from clipserve.zoo import get_spec
 
     with pytest.raises(WeightsUnavailable, match="holds a fp32 export, not int8"):
         OnnxBackend(get_spec(name), fp32_dir, precision="int8")
 
 
-def test_int8_from_an_older_format_export_dir_is_derived_once(tmp_path, encoder_for, monkeypatch) -> None:
+def test_int8_from_an_older_format_export_dir_is_derived_once(
+    tmp_path, monkeypatch, onnx_export, new_encoder
+) -> None:
     import shutil
 
-    from clipserve.encoder import Encoder
-
     old = tmp_path / "old-export"
-    shutil.copytree(encoder_for("ViT-B-32::openai", "onnx").info()["weights"], old)
+    shutil.copytree(onnx_export("ViT-B-32::openai"), old)
     meta = json.loads((old / "clipserve.json").read_text())
     (old / "clipserve.json").write_text(json.dumps({**meta, "export_format": 1}))
-    first = Encoder("ViT-B-32::openai", weights=old, cache_dir=tmp_path / "cache", precision="int8")
+    first = new_encoder("ViT-B-32::openai", weights=old, cache_dir=tmp_path / "cache", precision="int8")
 
     def no_quantising(*args, **kwargs):
         raise AssertionError("quantised again instead of reusing the cache")
 
     monkeypatch.setattr("clipserve.backends.precision.derive_int8", no_quantising)
-    second = Encoder("ViT-B-32::openai", weights=old, cache_dir=tmp_path / "cache", precision="int8")
+    second = new_encoder("ViT-B-32::openai", weights=old, cache_dir=tmp_path / "cache", precision="int8")
     assert second.info()["weights"] == first.info()["weights"]
 
 
-def test_fp16_export_keeps_float32_io_and_stays_close_to_fp32(tmp_path, random_model, int8_cache) -> None:
+def test_fp16_export_keeps_float32_io_and_stays_close_to_fp32(
+    tmp_path, random_model, int8_cache, new_encoder
+) -> None:
     """The fp16 graphs (for CUDA and TensorRT) are made on a machine without a GPU, and checked
     here on ONNX Runtime's CPU provider, which computes what lacks float16 kernels in float32: the
     fp16 weights and the graph are validated; float16 arithmetic itself only on a GPU."""
@@ -160,7 +164,7 @@ def test_fp16_export_keeps_float32_io_and_stays_close_to_fp32(tmp_path, random_m
     assert main([*args, "--precision", "fp16", "--output", str(out)]) == 0
     meta = json.loads((out / "clipserve.json").read_text())
     assert (meta["precision"], meta["quantised"]) == ("fp16", ["image.onnx", "text.onnx"])
-    fp32 = Encoder(name, weights=checkpoint, cache_dir=int8_cache)
+    fp32 = new_encoder(name, weights=checkpoint, cache_dir=int8_cache)
     tokenizer = ClipTokenizer(77)
     texts = ["a photo of a cat", "ein Hund", "x"]
     tokens = tokenizer.pad(tokenizer.token_ids(texts), None)

@@ -21,8 +21,8 @@ NAME = "ViT-B-32::openai"
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(encoder_for) -> str:
-    return encoder_for(NAME, "onnx").info()["weights"]
+def onnx_dir(onnx_export) -> str:
+    return onnx_export(NAME)
 
 
 @pytest.fixture(scope="module")

@@ -54,8 +54,8 @@ def test_the_library_returns_the_same_vectors_and_skips_the_model(
         assert cache.get("fine") is None  # nothing of a failed request is cached
 
 
-def test_the_server_counts_hits_and_keeps_usage(encoder_for) -> None:
-    export = encoder_for(NAME, "onnx").info()["weights"]
+def test_the_server_counts_hits_and_keeps_usage(onnx_export) -> None:
+    export = onnx_export(NAME)
     with running_server(weights=export, text_cache=100) as (url, _), httpx.Client(base_url=url) as http:
         body = {"model": NAME, "input": ["a repeated query", "another"]}
         first = http.post("/v1/embeddings", json=body).json()

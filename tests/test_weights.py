@@ -72,14 +72,12 @@ def test_url_download_verifies_checksum_and_caches(
     assert find_checkpoint(spec, tmp_path) == path
 
 
-def test_cached_checkpoint_is_used_offline(tmp_path, random_model, photo_paths) -> None:
-    from clipserve.encoder import Encoder
-
+def test_cached_checkpoint_is_used_offline(tmp_path, random_model, photo_paths, new_encoder) -> None:
     model = random_model(NAME)
     target = checkpoint_cache(get_spec(NAME), tmp_path)
     target.mkdir(parents=True)
     (target / "open_clip_model.pt").write_bytes(model.checkpoint.read_bytes())
-    encoder = Encoder(NAME, backend="torch", cache_dir=tmp_path)
+    encoder = new_encoder(NAME, backend="torch", cache_dir=tmp_path)
     assert encoder.info()["weights"] == str(target / "open_clip_model.pt")
     from clipserve.preprocess.image import decode_image
 
@@ -87,25 +85,23 @@ def test_cached_checkpoint_is_used_offline(tmp_path, random_model, photo_paths) 
     assert cosines(encoder.encode([photo_paths[0]]), reference)[0] > 0.99999
 
 
-def test_safetensors_checkpoints_load(tmp_path, random_model, encoder_for) -> None:
+def test_safetensors_checkpoints_load(tmp_path, random_model, encoder_for, new_encoder) -> None:
     from safetensors.torch import save_file
-
-    from clipserve.encoder import Encoder
 
     model = random_model(NAME)
     path = tmp_path / "open_clip_model.safetensors"
     save_file({k: v.contiguous() for k, v in model.model.state_dict().items()}, path)
-    encoder = Encoder(NAME, backend="torch", weights=path, cache_dir=tmp_path)
+    encoder = new_encoder(NAME, backend="torch", weights=path, cache_dir=tmp_path)
     texts = ["a cat", "a dog"]
     assert cosines(encoder.encode_text(texts), encoder_for(NAME, "torch").encode_text(texts)).min() > 0.99999
 
 
-def test_onnx_export_is_cached_and_reused(tmp_path, random_model, monkeypatch) -> None:
+def test_onnx_export_is_cached_and_reused(tmp_path, random_model, monkeypatch, new_encoder) -> None:
     from clipserve.backends import factory
     from clipserve.encoder import Encoder
 
     checkpoint = random_model("RN50::openai").checkpoint
-    first = Encoder("RN50::openai", weights=checkpoint, cache_dir=tmp_path)
+    first = new_encoder("RN50::openai", weights=checkpoint, cache_dir=tmp_path)
     export_dir = first.info()["weights"]
     assert export_dir.startswith(str(tmp_path / "onnx" / "RN50"))
 
@@ -113,7 +109,7 @@ def test_onnx_export_is_cached_and_reused(tmp_path, random_model, monkeypatch) -
         raise AssertionError("exported again instead of reusing the cache")
 
     monkeypatch.setattr("clipserve.backends.export.export_onnx", no_export)
-    second = Encoder("RN50::openai", weights=checkpoint, cache_dir=tmp_path)
+    second = new_encoder("RN50::openai", weights=checkpoint, cache_dir=tmp_path)
     assert second.info()["weights"] == export_dir
     assert factory.onnx_model_dir(second.spec, checkpoint, tmp_path).as_posix() == export_dir
     assert cosines(first.encode_text(["a"]), second.encode_text(["a"]))[0] > 0.99999
