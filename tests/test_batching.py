@@ -14,14 +14,19 @@ from clipserve.errors import InvalidInput, Overloaded
 
 
 class FakeTower:
-    """``run`` doubles each item; an item ``"bad"`` gets an error row, ``"crash"`` fails the call."""
+    """``run`` doubles each item; an item ``"bad"`` gets an error row, ``"crash"`` fails the call.
+    A ``held`` tower's calls wait for ``release`` to be set (at most 5 s)."""
 
-    def __init__(self, seconds: float = 0.0) -> None:
+    def __init__(self, seconds: float = 0.0, held: bool = False) -> None:
         self.batches: list[list] = []
         self.seconds = seconds
+        self.release = threading.Event()
+        if not held:
+            self.release.set()
 
     def run(self, batch: list) -> list:
         self.batches.append(list(batch))
+        self.release.wait(5)
         time.sleep(self.seconds)
         if "crash" in batch:
             raise RuntimeError("the model call failed")
@@ -102,15 +107,11 @@ def test_a_bad_row_fails_its_caller_only_and_a_failed_call_fails_its_batch() -> 
 
 
 def test_a_full_queue_refuses_at_once_but_an_empty_one_takes_any_request() -> None:
-    release = threading.Event()
-
-    def slow(batch: list) -> list:
-        release.wait(5)
-        return batch
+    tower = FakeTower(held=True)
 
     async def scenario():
         with ThreadPoolExecutor(1) as executor:
-            batcher = DynamicBatcher(slow, executor, max_batch_size=1, max_wait_ms=0, max_queue=3)
+            batcher = DynamicBatcher(tower.run, executor, max_batch_size=1, max_wait_ms=0, max_queue=3)
             huge = asyncio.ensure_future(
                 batcher.submit(list(range(10)))
             )  # > max_queue: an empty queue takes it
@@ -118,12 +119,12 @@ def test_a_full_queue_refuses_at_once_but_an_empty_one_takes_any_request() -> No
             assert batcher.depth > 0
             with pytest.raises(Overloaded, match="limit 3"):
                 await batcher.submit([1, 2, 3, 4])
-            release.set()
+            tower.release.set()
             answer = await huge
             await batcher.close()
         return answer
 
-    assert run(scenario()) == list(range(10))
+    assert run(scenario()) == [2 * i for i in range(10)]
 
 
 def test_a_callers_items_batch_by_cost_as_the_synchronous_path_does() -> None:
@@ -143,16 +144,11 @@ def test_a_callers_items_batch_by_cost_as_the_synchronous_path_does() -> None:
 
 
 def test_waiting_callers_batch_by_cost_around_the_oldest_item() -> None:
-    release = threading.Event()
-    tower = FakeTower()
-
-    def held(batch: list) -> list:
-        release.wait(5)
-        return tower.run(batch)
+    tower = FakeTower(held=True)
 
     async def scenario():
         with ThreadPoolExecutor(1) as executor:
-            batcher = DynamicBatcher(held, executor, max_batch_size=3, max_wait_ms=0, cost=len)
+            batcher = DynamicBatcher(tower.run, executor, max_batch_size=3, max_wait_ms=0, cost=len)
             first = asyncio.ensure_future(batcher.submit(["x"]))
             await asyncio.sleep(0.05)  # "x" is in the model; the next three callers queue
             later = [
@@ -160,7 +156,7 @@ def test_waiting_callers_batch_by_cost_around_the_oldest_item() -> None:
                 for texts in (["a" * 8], ["b", "bb", "b" * 7], ["c", "c" * 8, "cc"])
             ]
             await asyncio.sleep(0.05)
-            release.set()
+            tower.release.set()
             answers = await asyncio.gather(first, *later)
             await batcher.close()
         return answers
@@ -172,20 +168,16 @@ def test_waiting_callers_batch_by_cost_around_the_oldest_item() -> None:
 
 
 def test_close_cancels_the_callers_still_waiting_and_the_batch_running() -> None:
-    release = threading.Event()
-
-    def held(batch: list) -> list:
-        release.wait(5)
-        return batch
+    tower = FakeTower(held=True)
 
     async def scenario():
         with ThreadPoolExecutor(1) as executor:
-            batcher = DynamicBatcher(held, executor, max_batch_size=1, max_wait_ms=0)
+            batcher = DynamicBatcher(tower.run, executor, max_batch_size=1, max_wait_ms=0)
             running = asyncio.ensure_future(batcher.submit([1]))
             waiting = asyncio.ensure_future(batcher.submit([2]))
             await asyncio.sleep(0.05)
             await asyncio.wait_for(batcher.close(), 2)
-            release.set()
+            tower.release.set()
             outcomes = await asyncio.wait_for(asyncio.gather(running, waiting, return_exceptions=True), 2)
         return outcomes
 

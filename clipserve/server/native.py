@@ -29,8 +29,7 @@ def router(pool: ModelPool, settings: ServerSettings) -> APIRouter:
     async def encode(body: bodies.encode, request: Request) -> Response:
         """Embed texts, images and audio, in order. ``Accept: application/x-npy`` returns a float32 .npy."""
         model = pool.chosen(request.scope, body.model)
-        async with pool.use(model) as service:
-            vectors, _ = await service.embed(items_of(body.inputs))
+        vectors, _ = await pool.embed(request.scope, model, items_of(body.inputs))
         if NPY in request.headers.get("accept", ""):
             buffer = io.BytesIO()
             np.save(buffer, vectors)
@@ -44,7 +43,7 @@ def router(pool: ModelPool, settings: ServerSettings) -> APIRouter:
         model = pool.chosen(request.scope, body.model)
         try:  # an item's index counts the query first; the answer names candidates from 0
             items = items_of([body.query, *body.candidates])
-            async with pool.use(model) as service:
+            async with pool.use(model) as service:  # the service ranks too: one load for both
                 vectors, _ = await service.embed(items)
                 order, scores, cosines = service.encoder.rank_vectors(
                     vectors[0], items[0].modality, vectors[1:], [item.modality for item in items[1:]]

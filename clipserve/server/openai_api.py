@@ -26,10 +26,8 @@ def router(pool: ModelPool, settings: ServerSettings) -> APIRouter:
         inputs = [body.input] if isinstance(body.input, str) else body.input
         if not inputs:
             raise InvalidInput("input is empty")
-        async with pool.use(model) as service:
-            vectors, tokens = await service.embed(
-                [openai_item(i, text, settings.allow_url) for i, text in enumerate(inputs)]
-            )
+        items = [openai_item(i, text, settings.allow_url) for i, text in enumerate(inputs)]
+        vectors, tokens = await pool.embed(request.scope, model, items)
         return json_response(openai_embeddings(model.name, vectors, tokens, body.encoding_format))
 
     @routes.get("/v1/models")

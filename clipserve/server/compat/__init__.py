@@ -1,9 +1,9 @@
 """Other products' inference APIs, as thin routes over the same service as ``/encode``
 (``clipserve serve --compat weaviate,immich,tei,infinity``; none by default).
 
-Each module builds one router; every route embeds through :meth:`ModelPool.use` and
-:meth:`EncodingService.embed`, so the API key, the limits, batching and metrics are the same as
-``/encode``'s. The error body each API answers with is in :mod:`clipserve.server.apis`.
+Each module builds one router; every route embeds through :meth:`ModelPool.embed`, as ``/encode``
+does, so the API key, the limits, batching and metrics are the same as ``/encode``'s. The error
+body each API answers with is in :mod:`clipserve.server.apis`.
 """
 
 from __future__ import annotations
