@@ -26,6 +26,14 @@ from clipserve.settings import EncodeSettings, EngineSettings, ServerSettings
 from clipserve.zoo import list_models
 
 CHUNK_BATCHES = 8
+FORMER_FLAGS = {
+    "replicas": ("--actors",),
+    "replica_cpus": ("--cpus-per-actor",),
+    "replica_gpus": ("--gpus-per-actor",),
+    "ray_address": ("--address",),
+    "cache_max_gb": ("--max-gb",),
+}
+"""Spellings of earlier releases (``encode --ray``, ``cache prune``), still taken: the same settings."""
 
 
 class SecretFlag(argparse.Action):
@@ -68,12 +76,13 @@ def add_setting_flags(
             "help": f"{f.metadata['help']} (default: {default}; ${config.ENV_PREFIX}{f.name.upper()})"
         }
         value_type = config.value_type(kind, f.name)
+        flags = (flag, *FORMER_FLAGS.get(f.name, ()))
         if value_type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, **described)
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, **described)
         elif config.is_list(kind, f.name):
-            parser.add_argument(flag, type=value_type, action="append", default=None, **described)
+            parser.add_argument(*flags, type=value_type, action="append", default=None, **described)
         else:
-            parser.add_argument(flag, type=value_type, default=None, **described)
+            parser.add_argument(*flags, type=value_type, default=None, **described)
 
 
 def given_settings(args: argparse.Namespace, kind: type[EngineSettings]) -> dict:

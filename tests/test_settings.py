@@ -118,6 +118,15 @@ def test_encode_on_ray_takes_the_ray_settings_of_serve(monkeypatch) -> None:
     )
     assert (settings.ray_address, settings.replica_gpus) == ("ray://head:10001", 1.0)
     assert settings.engine() == EngineSettings(batch_size=8)  # what the encoder takes, nothing of Ray
+    former = ["--actors", "3", "--cpus-per-actor", "0.5", "--gpus-per-actor", "1", "--address", "auto"]
+    args = parser.parse_args(["encode", "--text", "a", "-o", "out.npy", "--ray", *former])
+    settings = resolve(EncodeSettings, None, **given_settings(args, EncodeSettings))
+    assert (settings.replicas, settings.replica_cpus, settings.replica_gpus, settings.ray_address) == (
+        3,
+        0.5,
+        1.0,
+        "auto",
+    )
     served = resolve(
         ServerSettings, None, **given_settings(parser.parse_args(["serve", *flags[:5]]), ServerSettings)
     )
@@ -135,3 +144,5 @@ def test_cache_prune_takes_the_cache_cap_setting(monkeypatch) -> None:
     assert resolve(EngineSettings, None, **given_settings(args, EngineSettings)).cache_max_gb == 5.0
     args = build_parser().parse_args(["cache", "prune", "--cache-max-gb", "2"])
     assert resolve(EngineSettings, None, **given_settings(args, EngineSettings)).cache_max_gb == 2.0
+    args = build_parser().parse_args(["cache", "prune", "--max-gb", "3"])  # the earlier spelling
+    assert resolve(EngineSettings, None, **given_settings(args, EngineSettings)).cache_max_gb == 3.0
