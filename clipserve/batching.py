@@ -189,21 +189,28 @@ class DynamicBatcher:
 
     def _take(self) -> list[tuple[T, asyncio.Future]]:
         """The next batch, out of the waiting items (those of cancelled callers dropped)."""
-        waiting = [entry for entry in self._waiting if not entry[1].done()]
         size = self.max_batch_size
-        if self.cost is None or len(waiting) <= size:
-            chosen = set(range(min(size, len(waiting))))
-        else:
-            costs = [self.cost(item) for item, _ in waiting]
-            order = sorted(range(len(waiting)), key=costs.__getitem__)
-            oldest = order.index(0)
-            starts = range(max(0, oldest - size + 1), min(oldest, len(order) - size) + 1)
+        if self.cost is None or len(self._waiting) <= size:
+            batch = []
+            while self._waiting and len(batch) < size:
+                entry = self._waiting.popleft()
+                if not entry[1].done():
+                    batch.append(entry)
+            return batch
+        waiting = [entry for entry in self._waiting if not entry[1].done()]
+        if len(waiting) <= size:
+            self._waiting.clear()
+            return waiting
+        costs = [self.cost(item) for item, _ in waiting]
+        order = sorted(range(len(waiting)), key=costs.__getitem__)
+        oldest = order.index(0)
+        starts = range(max(0, oldest - size + 1), min(oldest, len(order) - size) + 1)
 
-            def padding(start: int) -> int:
-                window = [costs[p] for p in order[start : start + size]]
-                return size * window[-1] - sum(window)
+        def padding(start: int) -> int:
+            window = [costs[p] for p in order[start : start + size]]
+            return size * window[-1] - sum(window)
 
-            best = min(starts, key=padding)
-            chosen = set(order[best : best + size])
+        best = min(starts, key=padding)
+        chosen = set(order[best : best + size])
         self._waiting = deque(entry for p, entry in enumerate(waiting) if p not in chosen)
         return [entry for p, entry in enumerate(waiting) if p in chosen]

@@ -182,3 +182,25 @@ def test_close_cancels_the_callers_still_waiting_and_the_batch_running() -> None
         return outcomes
 
     assert all(isinstance(o, asyncio.CancelledError) for o in run(scenario()))
+
+
+@pytest.mark.parametrize("cost", [None, len])
+def test_the_items_of_a_caller_that_gave_up_never_reach_the_model(cost) -> None:
+    tower = FakeTower(held=True)
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = DynamicBatcher(tower.run, executor, max_batch_size=2, max_wait_ms=0, cost=cost)
+            first = asyncio.ensure_future(batcher.submit(["x"]))
+            await asyncio.sleep(0.05)
+            gone = asyncio.ensure_future(batcher.submit(["gone", "gone too", "g"]))
+            kept = asyncio.ensure_future(batcher.submit(["kept", "k"]))
+            await asyncio.sleep(0.05)
+            gone.cancel()
+            tower.release.set()
+            answers = await asyncio.gather(first, kept)
+            await batcher.close()
+        return answers
+
+    assert run(scenario()) == [["xx"], ["keptkept", "kk"]]
+    assert not any(item.startswith("g") for batch in tower.batches for item in batch)
