@@ -37,7 +37,8 @@ docs:
 test: lint docs
 	$(VENV)/bin/pytest
 
-# While working: the suite without the tests marked slow (full-size exports, Ray, browsers).
+# While working: the suite without the tests marked slow (ten seconds or more: full-size exports and
+# quantisation, Ray, browsers).
 test-fast: lint
 	$(VENV)/bin/pytest -m "not slow"
 

@@ -52,6 +52,7 @@ def clip_vectors(reference) -> np.ndarray:
     return means / np.linalg.norm(means, axis=1, keepdims=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_vectors_equal_the_original_implementation(backend, encoders, reference) -> None:
     encoder = encoders(backend)
@@ -76,6 +77,7 @@ def test_torch_and_onnx_agree(encoders) -> None:
     assert cosines(onnx_vectors, torch_vectors).min() >= 0.9999
 
 
+@pytest.mark.slow
 def test_int8_keeps_the_audio_tower_fp32(checkpoint, encoders, new_encoder) -> None:
     fp32 = encoders("onnx")
     int8 = new_encoder(NAME, precision="int8", weights=checkpoint, cache_dir=fp32.settings.cache_dir)
@@ -221,6 +223,7 @@ def test_rank_across_modalities_uses_audioclips_temperatures(encoders, reference
     assert len(encoder.rank(IMAGES[0], [speech, tone(440, 5.0)])) == 2
 
 
+@pytest.mark.slow
 def test_strict_loading_names_the_keys(checkpoint, tmp_path) -> None:
     import open_clip
     import torch
@@ -241,6 +244,7 @@ def test_strict_loading_names_the_keys(checkpoint, tmp_path) -> None:
         Encoder(NAME, backend="torch", weights=tmp_path / "clip-only.pt", cache_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_model_without_audio_says_so(encoder_for) -> None:
     with pytest.raises(InvalidInput, match=r"item 0: ViT-B-32::openai does not embed audio"):
         encoder_for("ViT-B-32::openai", "onnx").encode([_encoded(tone(440, 1.0), 44_100, "WAV")])

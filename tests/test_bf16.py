@@ -17,6 +17,7 @@ from tests.test_server import metric
 HAS_BF16 = bool(cpu_flags() & set(BF16_FLAGS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ViT-B-32::openai", "RN50::openai"])
 def test_bf16_is_close_to_fp32(name, random_model, encoder_for, photo_paths) -> None:
     from clipserve.encoder import Encoder
@@ -33,6 +34,7 @@ def test_bf16_is_close_to_fp32(name, random_model, encoder_for, photo_paths) -> 
         assert cosines(bf16.encode_text(AWKWARD_TEXTS), fp32.encode_text(AWKWARD_TEXTS)).min() >= 0.999
 
 
+@pytest.mark.slow
 def test_bf16_through_the_cli_and_the_server(random_model, encoder_for, tmp_path) -> None:
     from clipserve.cli import main
 

@@ -6,12 +6,15 @@ import os
 import shutil
 import time
 
+import pytest
+
 from clipserve.cache import content_fingerprint, entries, prune
 from clipserve.cli import main
 
 NAME = "RN50::openai"
 
 
+@pytest.mark.slow
 def test_the_same_weights_at_another_path_reuse_the_export(
     tmp_path, random_model, monkeypatch, new_encoder
 ) -> None:
@@ -80,6 +83,7 @@ def test_cache_command_lists_and_prunes(tmp_path, capsys) -> None:
     assert not (tmp_path / "onnx/A/sha-1/fp32").exists() and kept.exists()
 
 
+@pytest.mark.slow
 def test_a_cache_cap_evicts_on_load_but_never_the_model_in_use(tmp_path, random_model, new_encoder) -> None:
     cache = tmp_path / "cache"
     stale = _entry(cache, "onnx/Other/sha-9/fp32", 5_000_000, 86400)

@@ -66,6 +66,7 @@ def test_encode_errors_are_messages_not_tracebacks(tmp_path, capsys) -> None:
     assert "nothing to encode" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_command(tmp_path, random_model, capsys) -> None:
     out = tmp_path / "export"
     checkpoint = str(random_model(NAME).checkpoint)

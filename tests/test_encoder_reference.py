@@ -97,6 +97,7 @@ def test_rank_is_softmax_of_scaled_cosine(backend: str, photo_paths, random_mode
     assert image_query[0].clip_score >= image_query[-1].clip_score
 
 
+@pytest.mark.slow
 def test_batch_size_does_not_change_vectors(photo_paths, random_model, cache_root, new_encoder) -> None:
     model = random_model("ViT-B-32::openai")
     texts = AWKWARD_TEXTS * 3

@@ -164,6 +164,7 @@ def _reference_tokenizer(directory):
     return call
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_mclip_equals_the_multilingual_clip_package(
     backend, mclip, random_model, cache_root, photo_paths, new_encoder
@@ -202,6 +203,7 @@ def test_mclip_token_ids_are_the_tokenizers_cut_at_77(mclip, random_model, cache
     assert tokenizer.token_ids(TEXTS) == [[i for i in row if i != tokenizer.pad_id] for row in expected]
 
 
+@pytest.mark.slow
 def test_mclip_int8_and_strict_loading(mclip, random_model, cache_root, tmp_path, new_encoder) -> None:
     import shutil
 
@@ -278,6 +280,7 @@ def test_cli_encodes_with_a_model_directory(tiny, encoders, tmp_path, photo_path
     assert cosines(np.load(out), expected).min() > 0.99999
 
 
+@pytest.mark.slow
 def test_a_single_weights_file_with_a_tokenizer_directory(tmp_path, new_encoder) -> None:
     """``weights=FILE, tokenizer=DIR``: the zoo architecture (full size) with its tokenizer elsewhere."""
     import open_clip

@@ -284,6 +284,7 @@ def test_available_cpus_follow_affinity_and_quota(tmp_path, monkeypatch) -> None
     assert resources.available_cpus() == len(os.sched_getaffinity(0))
 
 
+@pytest.mark.slow
 def test_int8_files_are_shared_like_fp32(tmp_path, onnx_export) -> None:
     from clipserve.backends.precision import derive_int8
 

@@ -150,6 +150,7 @@ def bounded_flags(exports: dict[str, str], *flags: str) -> list[str]:
     return [*models, "--max-memory-gb", f"{bound_gib:.4f}", *flags]
 
 
+@pytest.mark.slow
 def test_memory_bound_refuses_or_evicts(exports) -> None:
     body = {"inputs": [{"text": "a photo of a bird"}], "model": RN50}
     with server_process(None, *bounded_flags(exports)) as (url, _):

@@ -74,6 +74,7 @@ def test_a_torchscript_archive_loads_as_the_openai_model(archive, photo_paths, c
         assert cosines(encoder.encode([*photo_paths[:3], *texts]), expected).min() >= 0.9999
 
 
+@pytest.mark.slow
 def test_a_state_dict_file_loads_too(random_model, tmp_path, photo_paths) -> None:
     model = random_model(NAME)
     path = tmp_path / "ViT-B-32.pt"

@@ -15,6 +15,7 @@ def int8_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("int8-cache")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ViT-B-32::openai", "RN50::openai"])
 def test_int8_close_to_fp32_on_photos_and_texts(
     name, int8_cache, random_model, photo_paths, new_encoder
@@ -44,6 +45,7 @@ def test_int8_export_is_cached_and_reused(int8_cache, random_model, monkeypatch,
     assert second.info()["weights"] == first.info()["weights"]
 
 
+@pytest.mark.slow
 def test_an_int8_export_quantised_otherwise_is_derived_again(
     int8_cache, random_model, monkeypatch, new_encoder
 ) -> None:
@@ -92,6 +94,7 @@ def test_export_command_writes_int8_that_loads_without_checkpoint(
         Encoder(name, weights=out, precision="fp32")
 
 
+@pytest.mark.slow
 def test_an_fp32_export_dir_yields_int8_in_the_cache(tmp_path, onnx_export, new_encoder) -> None:
     fp32_dir = onnx_export("ViT-B-32::openai")
     encoder = new_encoder("ViT-B-32::openai", weights=fp32_dir, cache_dir=tmp_path, precision="int8")
@@ -124,6 +127,7 @@ def test_wrong_precision_for_backend_or_device(random_model, cache_root, monkeyp
         OnnxBackend(get_spec(name), fp32_dir, precision="int8")
 
 
+@pytest.mark.slow
 def test_int8_from_an_older_format_export_dir_is_derived_once(
     tmp_path, monkeypatch, onnx_export, new_encoder
 ) -> None:
@@ -143,6 +147,7 @@ def test_int8_from_an_older_format_export_dir_is_derived_once(
     assert second.info()["weights"] == first.info()["weights"]
 
 
+@pytest.mark.slow
 def test_fp16_export_keeps_float32_io_and_stays_close_to_fp32(
     tmp_path, random_model, int8_cache, new_encoder
 ) -> None:

@@ -361,6 +361,7 @@ def test_the_store_holds_a_vector_in_little_more_than_its_bytes(tmp_path) -> Non
     assert store.count() == 3000
 
 
+@pytest.mark.slow
 def test_a_graph_that_misses_the_neighbours_is_not_used(tmp_path) -> None:
     """Random vectors in 512 dimensions: no graph finds their neighbours (nothing is near
     anything), so the build keeps exact search, and recall stays whole."""

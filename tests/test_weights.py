@@ -50,6 +50,7 @@ def test_explicit_path_errors(tmp_path) -> None:
         explicit_weights(spec, tmp_path / "notes.txt")
 
 
+@pytest.mark.slow
 def test_url_download_verifies_checksum_and_caches(
     tmp_path, monkeypatch, loopback_files, random_model
 ) -> None:
@@ -72,6 +73,7 @@ def test_url_download_verifies_checksum_and_caches(
     assert find_checkpoint(spec, tmp_path) == path
 
 
+@pytest.mark.slow
 def test_cached_checkpoint_is_used_offline(tmp_path, random_model, photo_paths, new_encoder) -> None:
     model = random_model(NAME)
     target = checkpoint_cache(get_spec(NAME), tmp_path)
@@ -96,6 +98,7 @@ def test_safetensors_checkpoints_load(tmp_path, random_model, encoder_for, new_e
     assert cosines(encoder.encode_text(texts), encoder_for(NAME, "torch").encode_text(texts)).min() > 0.99999
 
 
+@pytest.mark.slow
 def test_onnx_export_is_cached_and_reused(tmp_path, random_model, monkeypatch, new_encoder) -> None:
     from clipserve.backends import factory
     from clipserve.encoder import Encoder
@@ -136,6 +139,7 @@ def test_a_recorded_size_and_checksum_are_checked(tmp_path, monkeypatch, loopbac
     assert find_checkpoint(good, tmp_path).read_bytes() == payload
 
 
+@pytest.mark.slow
 def test_a_hub_folder_without_its_config_loads_as_the_named_zoo_model(
     random_model, photo_paths, tmp_path
 ) -> None:
