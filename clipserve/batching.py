@@ -25,13 +25,18 @@ def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
+def cost_order(costs: Sequence[int]) -> list[int]:
+    """Positions sorted by cost, equal costs in their given order: the one grouping rule of the
+    synchronous path and of the server's batcher."""
+    return sorted(range(len(costs)), key=costs.__getitem__)
+
+
 def by_cost(costs: Sequence[int], size: int) -> Iterator[list[int]]:
-    """Batches of positions whose costs are close: sorted by cost (stable), then cut into ``size``.
+    """Batches of positions whose costs are close: :func:`cost_order`, cut into ``size``.
 
     Callers scatter results back by position, so the user's order is restored.
     """
-    order = sorted(range(len(costs)), key=costs.__getitem__)
-    for batch in chunks(order, size):
+    for batch in chunks(cost_order(costs), size):
         yield list(batch)
 
 
@@ -128,11 +133,7 @@ class DynamicBatcher:
             self._task = asyncio.create_task(self._loop())
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
-        order = (
-            range(len(items))
-            if self.cost is None
-            else sorted(range(len(items)), key=lambda i: self.cost(items[i]))
-        )
+        order = range(len(items)) if self.cost is None else cost_order([self.cost(x) for x in items])
         self._waiting.extend((items[i], futures[i]) for i in order)
         self._arrived.set()
         rows = await asyncio.gather(*futures, return_exceptions=True)
@@ -202,7 +203,7 @@ class DynamicBatcher:
             self._waiting.clear()
             return waiting
         costs = [self.cost(item) for item, _ in waiting]
-        order = sorted(range(len(waiting)), key=costs.__getitem__)
+        order = cost_order(costs)
         oldest = order.index(0)
         starts = range(max(0, oldest - size + 1), min(oldest, len(order) - size) + 1)
 
