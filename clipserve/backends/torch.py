@@ -46,7 +46,7 @@ def load_open_clip_model(spec: ModelSpec, checkpoint: Path) -> nn.Module:
         name, pretrained=pretrained, force_quick_gelu=spec.quick_gelu, weights_only=True, **overrides
     )
     if archive:  # OpenAI's clip checkpoints: TorchScript, with open_clip's parameter names
-        model.load_state_dict(archive_state_dict(checkpoint), strict=True)
+        model.load_state_dict(archive_state_dict(checkpoint, set(model.state_dict())), strict=True)
     return model.eval()
 
 
