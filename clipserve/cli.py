@@ -326,12 +326,13 @@ def cmd_index(args: argparse.Namespace) -> int:
         with Index.open(args.index) as index:  # the stored vectors only: no model needed
             print(f"wrote {index.export(args.export)} items to {args.export}", file=sys.stderr)
         return 0
-    if existing and "model" not in given:
+    if existing and not _model_named(given):
         with Index.open(args.index) as known:
-            given["model"] = known.model
+            given["model"] = known.zoo_model()  # an index names a model; only a zoo one is loaded unasked
     if args.from_vectors is not None:
         model, entries, vectors = vectors_from_job(args.from_vectors)
-        given.setdefault("model", model)
+        if not _model_named(given):
+            given["model"] = _zoo_model_of_job(model, args.from_vectors)
     settings = config.resolve(EngineSettings, **given)
     with Encoder(settings=settings) as encoder:
         index = (
@@ -355,6 +356,25 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_named(given: dict) -> bool:
+    """True when the operator named the model: a flag, or the ``CLIPSERVE_MODEL`` variable."""
+    return given.get("model") is not None or "model" in config.from_environment(EngineSettings)
+
+
+def _zoo_model_of_job(model: str, job: Path) -> str:
+    """The model a job's vectors were made with, to load when ``--model`` is not given: only a zoo
+    name (a job's output is data, and never chooses a model file or repository to load)."""
+    from clipserve.zoo import canonical_name
+
+    name = canonical_name(model)
+    if name is None:
+        raise ValueError(
+            f"the vectors in {job} were made with {model!r}, which is not a zoo model: "
+            f"name it (--model {model})"
+        )
+    return name
+
+
 def _report_update(directory: Path, report) -> None:
     print(
         f"{directory}: {report.added} added, {report.changed} changed, {report.removed} removed, "
@@ -375,10 +395,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     from clipserve.encoder import Encoder
     from clipserve.index import Index
 
-    index = Index.open(args.index)
-    settings = config.resolve(
-        EngineSettings, **{**given_settings(args, EngineSettings), "model": index.model}
-    )
+    given = given_settings(args, EngineSettings)
+    if not _model_named(given):
+        with Index.open(args.index) as known:
+            given["model"] = known.zoo_model()
+    settings = config.resolve(EngineSettings, **given)
     filters = dict(item.split("=", 1) for item in args.filter)
     query = args.image or args.audio or args.query
     with Encoder(settings=settings) as encoder:

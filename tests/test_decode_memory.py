@@ -8,10 +8,15 @@ import io
 import json
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from PIL import Image
 
+from clipserve.errors import Overloaded
+from clipserve.preprocess.budget import DecodeBudget
+from clipserve.preprocess.image import ImageLimits, decode_image
 from tests.conftest import REPO
 
 SIDE = 5000
@@ -69,3 +74,34 @@ def test_the_estimate_covers_what_a_decode_holds(case, tmp_path) -> None:
     assert estimate <= 2 * used + 16 * 2**20, (
         f"{case}: estimate {estimate / 2**20:.0f} MiB for {used / 2**20:.0f}"
     )
+
+
+def test_waiting_for_the_budget_is_not_decoding_time(photo_paths) -> None:
+    """Round 3: under load, a sixth concurrent ``/encode`` got a 422 "took longer than 10 s": the
+    wait for room in the budget counted against the decode deadline."""
+    budget = DecodeBudget(64 * 2**20)
+    limits = ImageLimits(max_decode_s=0.5, budget=budget)
+    released = threading.Event()
+
+    def hold() -> None:
+        with budget.reserve(budget.capacity):
+            released.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    threading.Timer(1.5, released.set).start()  # three deadlines' worth of waiting
+    started = time.monotonic()
+    image = decode_image(photo_paths[0], 3, limits)
+    holder.join()
+    assert time.monotonic() - started >= 1.4 and image.size == Image.open(photo_paths[0]).size
+
+
+def test_a_budget_full_for_too_long_is_a_retryable_overload(photo_paths) -> None:
+    budget = DecodeBudget(2**20)
+    with (
+        budget.reserve(budget.capacity),
+        pytest.raises(Overloaded, match=r"item 4: the decode budget") as caught,
+        budget.reserve(10, 4, max_wait_s=0.2),
+    ):
+        pass
+    assert caught.value.http_status == 503 and budget.used == 0

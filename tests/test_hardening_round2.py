@@ -330,10 +330,10 @@ def test_every_model_decodes_within_one_budget(photo_paths, monkeypatch, onnx_ex
     budgets, sizes = set(), []
     original = DecodeBudget.reserve
 
-    def reserve(self, nbytes):
+    def reserve(self, nbytes, *args, **kwargs):
         budgets.add(id(self))
         sizes.append(nbytes)
-        return original(self, nbytes)
+        return original(self, nbytes, *args, **kwargs)
 
     monkeypatch.setattr(DecodeBudget, "reserve", reserve)
     models = [f"{name}={path}" for name, path in exports.items()]

@@ -16,10 +16,10 @@ from tests.audioclip_weights import write_checkpoint
 from tests.conftest import REPO
 
 ENVIRONMENTS = {
-    "docarray-v2": (".venv-jina", ["tests/jina/test_executors.py"]),
+    "docarray-v2": (".venv-jina", ["tests/jina/test_fork_safety.py", "tests/jina/test_executors.py"]),
     "docarray-v1": (
         ".venv-jina-docarray-v1",
-        ["tests/jina/test_executors.py", "tests/jina/test_clip_client.py"],
+        ["tests/jina/test_fork_safety.py", "tests/jina/test_executors.py", "tests/jina/test_clip_client.py"],
     ),
 }
 

@@ -4,8 +4,13 @@ clip-retrieval's clip-back API (``/knn-service``, ``/metadata``, ``/indices-list
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import os
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -14,7 +19,7 @@ from PIL import Image
 
 from clipserve.index import Index
 from clipserve.index.collect import entries_from, media_filter
-from tests.server_helpers import running_server
+from tests.server_helpers import resident_mib, running_server
 
 NAME = "ViT-B-32::openai"
 KEY = "search-key"
@@ -124,3 +129,74 @@ def test_clip_back_api(served) -> None:
     unknown = post(url, "/knn-service", {**body, "indice_name": "laion5B"})
     assert unknown.status_code == 404 and "not served here" in unknown.json()["detail"]
     assert post(url, "/knn-service", {"modality": "image", "num_images": 3}).status_code == 422
+
+
+def test_item_keys_past_sqlites_integers_are_refused_not_500(served) -> None:
+    """Round 3: an id of 2**63 raised ``OverflowError`` in SQLite (an unhandled 500)."""
+    url, _, _ = served
+    for path in (f"/search/thumbnail/{2**63}", "/search/thumbnail/-1"):
+        assert httpx.get(f"{url}{path}", headers=AUTH).status_code == 422
+    assert post(url, "/metadata", {"ids": [2**63]}).status_code == 422
+    assert post(url, "/metadata", {"ids": [2**63 - 1]}).json() == []
+
+
+@pytest.mark.slow
+def test_concurrent_thumbnails_of_a_huge_jpeg_stay_within_the_decode_budget(
+    encoder_for, tmp_path, monkeypatch
+) -> None:
+    """Round 3: six thumbnails of one 6000 x 6000 JPEG at once grew the server by ~1.6 GiB; they
+    took no budget. Now they reserve from the process's budget and decode at 1/8 scale (draft)."""
+    from clipserve.index.store import Entry
+    from clipserve.preprocess import budget as budgets
+
+    encoder = encoder_for(NAME, "onnx")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (750, 750, 3), np.uint8)
+    Image.fromarray(noise).resize((6000, 6000)).save(photos / "huge.jpg", quality=90)
+    path = photos / "huge.jpg"
+    entry = Entry(str(path), "image", path=str(path), size=path.stat().st_size, mtime=1.0, root=str(photos))
+    index = Index.create(tmp_path / "index", encoder)
+    index.update([entry], {entry.id: np.ones(encoder.dim, np.float32) / np.sqrt(encoder.dim)})
+    key = index.store.key_of(entry.id)
+    process = budgets.DecodeBudget(0)
+    monkeypatch.setattr(budgets, "_PROCESS_BUDGET", process)  # this server's budget alone
+    held, most = [], [0]
+    original = budgets.DecodeBudget.reserve
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes, *args, **kwargs):
+        with original(self, nbytes, *args, **kwargs):
+            held.append(nbytes)
+            most[0] = max(most[0], self.used)
+            yield
+
+    monkeypatch.setattr(budgets.DecodeBudget, "reserve", reserve)
+    budget_mb = 200
+    with running_server(
+        index=str(tmp_path / "index"), weights=encoder.info()["weights"], api_key=KEY, max_decode_mb=budget_mb
+    ) as (url, _):
+        before = resident_mib(os.getpid())
+        peak = [before]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], resident_mib(os.getpid()))
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: httpx.get(f"{url}/search/thumbnail/{key}", headers=AUTH, timeout=60), range(6)
+                )
+            )
+        done.set()
+        sampler.join()
+    assert [a.status_code for a in answers] == [200] * 6
+    assert max(Image.open(io.BytesIO(answers[0].content)).size) == 256
+    assert len(held) == 6 and most[0] <= process.capacity == budget_mb * 2**20
+    assert peak[0] - before < budget_mb, f"grew {peak[0] - before:.0f} MiB"

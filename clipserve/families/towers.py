@@ -121,7 +121,7 @@ def tensor_image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettin
         if item.kind == "bytes" and (pixels := takes(item.value, limits, item.index)):
             if tensors.batch_decode:  # decoded with its batch, in device memory
                 return tensors.prepare(item.value, item.index)
-            with limits.budget.reserve(TENSOR_DECODE_BYTES * pixels + DECODE_OVERHEAD):
+            with limits.budget.reserve(TENSOR_DECODE_BYTES * pixels + DECODE_OVERHEAD, item.index):
                 return tensors.prepare(item.value, item.index)
         return exact_rgb(item, exact, limits, None)
 

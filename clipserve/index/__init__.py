@@ -11,6 +11,7 @@ from it (:mod:`clipserve.index.vectors`): exact below ``approximate_from`` items
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 from clipserve.errors import ClipserveError, InvalidInput
 from clipserve.index import vectors as derived
 from clipserve.index.store import FORMAT, Entry, Store, chunked
+from clipserve.zoo import canonical_name
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +35,25 @@ CHUNK = 256
 FILTER_FIELDS = ("id", "modality", "root", "path", "caption")
 NEIGHBOURS = 16
 """Near-duplicate groups are built from each item's this many nearest neighbours."""
+SNAPSHOT_TRIES = 3
+"""A search whose results a build removed while it ran is made again, at most this many times."""
+DEDUP_EXTRA = 1000
+"""A search with ``dedup`` looks at ``k`` plus at most this many (and at most ``2k``) candidates."""
+DEDUP_BLOCK = 256
+"""Candidates compared with the later ones at once, by one matrix product, in dedup."""
+DEDUP_SCORE_MARGIN = 0.01
+"""Slack on the score bound of dedup, for scores of float16 and int8 rows (see ``_deduplicated``)."""
 
 
 class IndexMismatch(ClipserveError):
     """The index was built with another model than the one asked to query it."""
 
     http_status = 400
+
+
+class ModelNotNamed(ClipserveError):
+    """The index's model is not a zoo name, and no model was named to load: an index is data and
+    never chooses a model file or hub repository to load."""
 
 
 @dataclass(frozen=True)
@@ -128,13 +143,25 @@ class Index:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def zoo_model(self) -> str:
+        """The index's model as a zoo name, the only kind of model an index may choose to load;
+        :class:`ModelNotNamed` for a local path or hub repository (it must be named by the
+        operator: ``--model``)."""
+        name = canonical_name(self.model)
+        if name is None:
+            raise ModelNotNamed(
+                f"the index {self.directory} was built with {self.model!r}, which is not a zoo model; an "
+                f"index never chooses a model file or repository to load: name it (--model {self.model})"
+            )
+        return name
+
     @property
     def encoder(self):
-        """The encoder of queries: the one given, else the index's model with default settings."""
+        """The encoder of queries: the one given, else the index's zoo model with default settings."""
         if self._encoder is None:
             from clipserve.encoder import Encoder
 
-            self._encoder = Encoder(self.model)
+            self._encoder = Encoder(self.zoo_model())
         return self._encoder
 
     def attach(self, encoder) -> None:
@@ -221,13 +248,16 @@ class Index:
             if progress is not None:
                 progress(len(part))
         failed_changed = [i for i in changed if i in set(failed)]  # its old vector is stale: it goes
+        previous = self.store.current()
         report.generation = self.store.commit(
-            replaced=[i for i in changed if i not in set(failed)], removed=removed + failed_changed
+            replaced=[i for i in changed if i not in set(failed)],
+            removed=removed + failed_changed,
+            derive=lambda generation: self._derive(generation, previous),
         )
+        derived.prune(self.directory, report.generation)
         report.added = sum(1 for i in added if i not in set(failed))
         report.changed = len(changed) - len(failed_changed)
         report.removed = len(removed) + len(failed_changed)
-        self._derive(report.generation)
         return report
 
     def _embed(self, entries: list[Entry]) -> tuple[np.ndarray, dict[str, str]]:
@@ -247,36 +277,42 @@ class Index:
         kept = [p for p, e in enumerate(entries) if e.id not in bad]
         return vectors[kept], bad
 
-    def _derive(self, generation: int) -> None:
+    def _derive(self, generation: int, previous: tuple[int, dict[str, list]]) -> dict[str, list]:
+        """The search files of ``generation`` from the store (inside the build's commit)."""
         keys, vectors = self.store.vectors(self.dim)
-        derived.write(
+        return derived.write(
             self.directory,
             generation,
             keys,
             vectors,
             self.dtype,
             approximate=len(keys) >= self.approximate_from,
-            previous=generation - 1 if generation > 1 else None,
+            previous=previous if previous[0] > 0 else None,
         )
 
     # -- searching --------------------------------------------------------------------------------
 
     def _current(self) -> derived.Vectors:
-        """The search files of the store's generation (made again if a build died before them)."""
-        generation = self.store.generation
+        return self._current_with_generation()[1]
+
+    def _current_with_generation(self) -> tuple[int, derived.Vectors]:
+        """The search files of the store's generation, checked against their records. Searching
+        only reads: where they are missing or damaged, exact search runs on the store's vectors
+        (``clipserve index`` writes them again)."""
+        generation, records = self.store.current()
         with self._lock:
             if generation != self._generation or self._vectors is None:
-                found = derived.read(self.directory, generation, self.dim, self.dtype)
+                found = derived.read(self.directory, generation, self.dim, self.dtype, records)
                 if found is None:
                     log.warning(
-                        "index %s: search files of generation %d missing: deriving them",
+                        "index %s: no intact search files of generation %d: exact search from the store",
                         self.directory,
                         generation,
                     )
-                    self._derive(generation)
-                    found = derived.read(self.directory, generation, self.dim, self.dtype)
+                    keys, vectors = self.store.vectors(self.dim)
+                    found = derived.Vectors(keys, derived.stored(vectors, self.dtype))
                 self._vectors, self._generation = found, generation
-            return self._vectors
+            return self._generation, self._vectors
 
     def query_vector(
         self, query: Any = None, *, like: str | None = None, modality: str | None = None
@@ -327,8 +363,28 @@ class Index:
             vector if vector is not None else self.query_vector(query, like=like, modality=modality)
         )
         allowed = self._allowed(filter)
-        current = self._current()
-        extra = (1 if like is not None else 0) + (k * 2 if dedup else 0)
+        for _ in range(SNAPSHOT_TRIES):
+            generation, current = self._current_with_generation()
+            keys, scores = self._nearest(current, query_vector, k, like, allowed, dedup)
+            entries = self.store.lookup(keys)
+            if len(entries) == len(keys) or self.store.generation == generation:
+                break  # else a build committed between the search and the lookup: search again
+        return [
+            Hit(entries[int(key)].id, float(score), int(key), entries[int(key)].metadata())
+            for key, score in zip(keys, scores, strict=True)
+            if int(key) in entries
+        ]
+
+    def _nearest(
+        self,
+        current: derived.Vectors,
+        query_vector: np.ndarray,
+        k: int,
+        like: str | None,
+        allowed: np.ndarray | None,
+        dedup: float | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        extra = (1 if like is not None else 0) + (min(k * 2, DEDUP_EXTRA) if dedup else 0)
         want = k + extra
         if current.ann is not None and (allowed is None or len(allowed) > self.approximate_from):
             keys, scores = current.approximate(query_vector, want, allowed)
@@ -339,14 +395,8 @@ class Index:
             kept = keys != own
             keys, scores = keys[kept], scores[kept]
         if dedup:
-            keys, scores = _deduplicated(current, keys, scores, dedup)
-        keys, scores = keys[:k], scores[:k]
-        entries = self.store.lookup(keys)
-        return [
-            Hit(entries[int(key)].id, float(score), int(key), entries[int(key)].metadata())
-            for key, score in zip(keys, scores, strict=True)
-            if int(key) in entries
-        ]
+            keys, scores = _deduplicated(current, keys, scores, dedup, k)
+        return keys[:k], scores[:k]
 
     def _allowed(self, filter: dict[str, Any] | None) -> np.ndarray | None:
         if not filter:
@@ -444,14 +494,35 @@ def _as_vector(query: Any) -> np.ndarray | None:
     return None
 
 
-def _deduplicated(current: derived.Vectors, keys: np.ndarray, scores: np.ndarray, threshold: float):
-    """Results with every near-duplicate of a better one removed (cosine ≥ ``threshold``)."""
-    vectors = np.stack([current.vector(int(key)) for key in keys]) if len(keys) else np.zeros((0, 1))
+def _deduplicated(
+    current: derived.Vectors, keys: np.ndarray, scores: np.ndarray, threshold: float, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` results, best first, with every near-duplicate of a better one removed
+    (cosine ≥ ``threshold``).
+
+    Candidates are compared a block at a time by one matrix product, only with later candidates
+    whose score is close enough to be a near-duplicate (two unit vectors of cosine ≥ t have scores
+    within √(2 − 2t) of each other for any query), and only until ``k`` are kept."""
+    vectors = derived.as_float(current.matrix[current.rows(keys)])
+    reach = math.sqrt(max(0.0, 2.0 * (1.0 - threshold))) + DEDUP_SCORE_MARGIN
+    descending = bool(np.all(np.diff(scores) <= 0))
+    dropped = np.zeros(len(keys), dtype=bool)
     kept: list[int] = []
-    for position in range(len(keys)):
-        if all(float(vectors[position] @ vectors[other]) < threshold for other in kept):
+    for start in range(0, len(keys), DEDUP_BLOCK):
+        stop = min(start + DEDUP_BLOCK, len(keys))
+        end = len(keys)
+        if descending:  # the later candidates within reach of the block's lowest score
+            end = stop + int(np.searchsorted(-scores[stop:], reach - scores[stop - 1], side="right"))
+        similar = vectors[start:stop] @ vectors[start:end].T >= threshold
+        for offset, row in enumerate(similar):
+            position = start + offset
+            if dropped[position]:
+                continue
             kept.append(position)
+            if len(kept) == k:
+                return keys[kept], scores[kept]
+            dropped[start:end] |= row
     return keys[kept], scores[kept]
 
 
-__all__ = ["Entry", "Hit", "Index", "IndexMismatch", "UpdateReport"]
+__all__ = ["Entry", "Hit", "Index", "IndexMismatch", "ModelNotNamed", "UpdateReport"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,7 +75,8 @@ class Store:
         if not create and not self.path.is_file():
             raise FileNotFoundError(f"{directory} is not a clipserve index (no {DATABASE})")
         directory.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # A build holds the write lock while it writes the next generation's search files.
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=600)
         # Before the first table only (they fix the file's layout): a row of a 512-d float32 vector
         # (2 KiB) takes a whole 4 KiB page, but a seventh of a 16 KiB one; and the pages ``pending``
         # frees at each commit go back to the file system.
@@ -102,6 +103,16 @@ class Store:
     def generation(self) -> int:
         row = self.db.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()
         return int(json.loads(row[0])) if row else 0
+
+    def current(self) -> tuple[int, dict[str, list]]:
+        """The generation and the records (``name: [size, sha256]``) of its search files, read
+        together (one statement: never a generation with another's records)."""
+        rows = dict(
+            self.db.execute("SELECT key, value FROM info WHERE key IN ('generation', 'search_files')")
+        )
+        generation = int(json.loads(rows["generation"])) if "generation" in rows else 0
+        files = json.loads(rows["search_files"]) if "search_files" in rows else {}
+        return generation, (files.get("files", {}) if files.get("generation") == generation else {})
 
     # -- items ----------------------------------------------------------------------------------
 
@@ -142,15 +153,21 @@ class Store:
                 ],
             )
 
-    def commit(self, replaced: list[str], removed: list[str]) -> int:
+    def commit(
+        self, replaced: list[str], removed: list[str], derive: Callable[[int], dict[str, list]]
+    ) -> int:
         """The build's last step, in one transaction: drop ``removed`` and ``replaced`` items, move
-        every pending item in (replaced ones get new keys), bump the generation. Returns it."""
+        every pending item in (replaced ones get new keys), have ``derive(generation)`` write the
+        new generation's search files from the store as it will be (returning their records), and
+        bump the generation. Readers see the old generation until the files are all there."""
         with self.transaction():
             for identifier in [*removed, *replaced]:
                 self.db.execute("DELETE FROM items WHERE id = ?", (identifier,))
             self.db.execute(f"INSERT INTO items ({NAMES}, vector) SELECT {NAMES}, vector FROM pending")
             self.db.execute("DELETE FROM pending")
             generation = self.generation + 1
+            files = {"generation": generation, "files": derive(generation)}
+            self.db.execute("INSERT OR REPLACE INTO info VALUES ('search_files', ?)", (json.dumps(files),))
             self.db.execute("INSERT OR REPLACE INTO info VALUES ('generation', ?)", (json.dumps(generation),))
         self.db.executescript("PRAGMA incremental_vacuum;")  # the pages pending held (run to its end)
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # and the log of the move

@@ -22,10 +22,14 @@ default; random vectors in 512 dimensions, where nothing is near anything, do no
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -203,33 +207,46 @@ def write(
     vectors: np.ndarray,
     dtype: str,
     approximate: bool,
-    previous: int | None,
-) -> None:
-    """The derived files of ``generation`` (each written beside, then renamed into place); the
-    graph index is updated from ``previous``'s when there is one, else built."""
+    previous: tuple[int, dict[str, list]] | None,
+) -> dict[str, list]:
+    """The derived files of ``generation`` (each written to a name of its own, then renamed into
+    place), and their records ``{name: [size, sha256]}`` for the store; the graph index is updated
+    from ``previous``'s (a generation and its records) when it is there intact, else built."""
     target = paths(directory, generation)
     _save(target["keys"], keys)
     matrix = stored(vectors, dtype)
     _save(target["matrix"], matrix)
+    written = [target["keys"], target["matrix"]]
     if approximate:
         ann = _updated_ann(directory, previous, keys, vectors, dtype)
-        partial = target["ann"].with_suffix(".tmp")
-        ann.save(str(partial))
-        os.replace(partial, target["ann"])
+        with _replacing(target["ann"]) as partial:
+            ann.save(str(partial))
         tuning = tune(ann, Vectors(keys, matrix))
         log.info("index graph: %s", tuning)
-        partial = target["tuning"].with_suffix(".tmp")
-        partial.write_text(json.dumps(asdict(tuning)))
-        os.replace(partial, target["tuning"])
+        with _replacing(target["tuning"]) as partial:
+            partial.write_text(json.dumps(asdict(tuning)))
+        written += [target["ann"], target["tuning"]]
+    return {path.name: [path.stat().st_size, _sha256(path)] for path in written}
+
+
+def prune(directory: Path, generation: int) -> None:
+    """Remove the search files of generations before ``generation - 1`` (a reader that has just
+    read the previous generation's number may still open its files)."""
     for old in directory.glob("*-g*.*"):
-        if old.name not in {p.name for p in target.values()} and _generation_of(old) < generation:
+        if _generation_of(old) < generation - 1:
             old.unlink(missing_ok=True)
 
 
-def _updated_ann(directory: Path, previous: int | None, keys: np.ndarray, vectors: np.ndarray, dtype: str):
+def _updated_ann(
+    directory: Path,
+    previous: tuple[int, dict[str, list]] | None,
+    keys: np.ndarray,
+    vectors: np.ndarray,
+    dtype: str,
+):
     dim = vectors.shape[1]
-    old = paths(directory, previous)["ann"] if previous is not None else None
-    if old is not None and old.is_file():
+    old = paths(directory, previous[0])["ann"] if previous is not None else None
+    if old is not None and old.is_file() and _intact(old, previous[1]):
         ann = new_ann(dim, dtype)
         ann.load(str(old))
         had = np.asarray(ann.keys, dtype=np.int64)
@@ -277,27 +294,85 @@ def tune(ann, exact: Vectors) -> Tuning:
     return measured
 
 
-def read(directory: Path, generation: int, dim: int, dtype: str) -> Vectors | None:
-    """The derived files of ``generation``, memory-mapped; None when they are not all there."""
+def read(directory: Path, generation: int, dim: int, dtype: str, records: dict[str, list]) -> Vectors | None:
+    """The derived files of ``generation``, memory-mapped, each checked against its record (size
+    and sha256, from the store) before it is opened. None when the keys or the matrix are missing,
+    damaged or malformed (search then runs on the store); a graph that is missing, damaged or
+    unrecorded is not opened (exact search serves). Never a crash on a bad file."""
     target = paths(directory, generation)
-    if not (target["keys"].is_file() and target["matrix"].is_file()):
+    try:
+        if not all(_intact(target[name], records) for name in ("keys", "matrix")):
+            return None
+        keys = np.load(target["keys"])
+        matrix = np.load(target["matrix"], mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:
+        log.error("index %s: search files of generation %d unreadable: %s", directory, generation, exc)
         return None
-    keys = np.load(target["keys"])
-    matrix = np.load(target["matrix"], mmap_mode="r")
+    expected = np.dtype({"f32": np.float32, "f16": np.float16, "i8": np.int8}[dtype])
+    if (
+        keys.dtype != np.int64
+        or keys.ndim != 1
+        or matrix.shape != (len(keys), dim)
+        or matrix.dtype != expected
+        or (len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])))
+    ):
+        log.error("index %s: search files of generation %d are malformed", directory, generation)
+        return None
     ann, tuning = None, None
-    if target["ann"].is_file() and target["tuning"].is_file():
-        tuning = Tuning(**json.loads(target["tuning"].read_text()))
-        if tuning.serves:
+    if target["tuning"].is_file() and _intact(target["tuning"], records):
+        try:
+            tuning = Tuning(**json.loads(target["tuning"].read_text()))
+        except (ValueError, TypeError) as exc:
+            log.error("index %s: graph tuning of generation %d unreadable: %s", directory, generation, exc)
+        if tuning is not None and tuning.serves and _intact(target["ann"], records):
             ann = new_ann(dim, dtype)
             ann.view(str(target["ann"]))  # memory-mapped, not read into memory
             ann.expansion_search = tuning.expansion
     return Vectors(keys, matrix, ann, tuning)
 
 
+def _intact(path: Path, records: dict[str, list]) -> bool:
+    """True when ``path`` has the size and sha256 its record gives; a missing file, a missing
+    record or a mismatch is logged and gives False."""
+    record = records.get(path.name)
+    if record is None:
+        if path.is_file():
+            log.warning(
+                "%s has no recorded checksum (an index built before they were kept): not opened", path
+            )
+        return False
+    try:
+        size = path.stat().st_size
+    except OSError:
+        log.error("%s is missing: searching without it", path)
+        return False
+    if size != record[0] or _sha256(path) != record[1]:
+        log.error("%s does not match its checksum (damaged or replaced): searching without it", path)
+        return False
+    return True
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A partial file of a name no other writer uses, renamed to ``path`` once written."""
+    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(descriptor)
+    partial = Path(name)
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def _save(path: Path, array: np.ndarray) -> None:
-    partial = path.with_suffix(".tmp.npy")
-    np.save(partial, array)
-    os.replace(partial, path)
+    with _replacing(path) as partial, partial.open("wb") as file:
+        np.save(file, array)
 
 
 def _generation_of(path: Path) -> int:

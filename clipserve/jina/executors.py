@@ -10,9 +10,11 @@ not given falls back to its ``CLIPSERVE_*`` environment variable, as everywhere 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,30 @@ from clipserve.encoder import Encoder
 from clipserve.jina.core import DocWriter, ExecutorCore
 
 log = logging.getLogger(__name__)
+
+BEFORE_FORK = (
+    "clipserve.families.openclip",  # its tokenizer: ftfy, wcwidth
+    "clipserve.families.mclip",
+    "clipserve.families.audioclip",
+    "clipserve.backends.onnx",  # onnxruntime
+)
+"""What an executor imports to run, imported with this module: Jina forks each executor's process
+from the Flow's, and a child that imports a module itself deadlocks when another thread of the
+parent held that import's lock at the fork (seen: a child stuck for good in ``import ftfy`` →
+``wcwidth``). Nothing here starts a thread."""
+BEFORE_FORK_OPTIONAL = ("soundfile", "soxr", "tokenizers", "clipserve.preprocess.tensor_image")
+"""The same, for the optional extras' modules (audio; Hugging Face tokenizers; torch's tensor path)."""
+
+
+def _import_before_fork() -> None:
+    for name in BEFORE_FORK:
+        import_module(name)
+    for name in BEFORE_FORK_OPTIONAL:
+        with contextlib.suppress(ImportError):
+            import_module(name)
+
+
+_import_before_fork()
 
 HUB_MODEL = "openai/clip-vit-base-patch32"
 AUDIOCLIP_DEFAULT_PATH = ".cache/AudioCLIP-Full-Training.pt"

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipserve.errors import InvalidInput, echo
+from clipserve.errors import InvalidInput, Overloaded, echo
 from clipserve.preprocess.budget import Deadline, DecodeBudget, DecodeTimeout
 
 DECODE_OVERHEAD = 4 * 1024 * 1024
@@ -162,7 +162,8 @@ def _from_file(source: bytes | str | Path, index: int | None, limits: AudioLimit
             frames, rate, channels = audio.frames, audio.samplerate, audio.channels
             limits.check(frames, rate, channels, index)
             budget = limits.budget
-            with budget.reserve(decode_cost(frames, rate, channels)) if budget else nullcontext():
+            with budget.reserve(decode_cost(frames, rate, channels), index) if budget else nullcontext():
+                deadline.restart()  # the wait for room is not decoding
                 mono, done = _Mono(rate, index), 0
                 while done < frames:
                     deadline.check()
@@ -176,7 +177,7 @@ def _from_file(source: bytes | str | Path, index: int | None, limits: AudioLimit
                 if done < frames:
                     mono.add(np.zeros((0, 1), np.float32), last=True)
                 return mono.result()
-    except InvalidInput:
+    except (InvalidInput, Overloaded):
         raise
     except DecodeTimeout:
         raise deadline.refusal("audio", index) from None

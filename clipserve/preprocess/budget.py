@@ -4,7 +4,9 @@ Each image or audio decode reserves what it will hold (estimated from its header
 or sample is decoded) from one :class:`DecodeBudget` that every model of the process shares: a
 server serving two models has one bound, not two. A decode that does not fit waits for room; one
 larger than the whole budget waits until it can run alone, so the memory held is at most
-``max(budget, the largest single decode)``.
+``max(budget, the largest single decode)``. The wait for room is not part of a decode's
+deadline; a wait past :data:`MAX_WAIT_S` gives up with :class:`~clipserve.errors.Overloaded` (a 503
+with ``Retry-After`` from the server), so a busy server sheds load rather than failing inputs.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from clipserve.errors import InvalidInput
+from clipserve.errors import InvalidInput, Overloaded
 
 MIB = 1024 * 1024
+MAX_WAIT_S = 60.0
+"""Longest wait for room in the budget before a decode gives up as overloaded."""
 
 
 class DecodeBudget:
@@ -35,11 +39,21 @@ class DecodeBudget:
                 self._room.notify_all()
 
     @contextmanager
-    def reserve(self, nbytes: int) -> Iterator[None]:
-        """Hold ``nbytes`` (at most the whole budget) while the block runs; waits for room first."""
+    def reserve(
+        self, nbytes: int, index: int | None = None, max_wait_s: float = MAX_WAIT_S
+    ) -> Iterator[None]:
+        """Hold ``nbytes`` (at most the whole budget) while the block runs; waits for room first,
+        at most ``max_wait_s`` (then :class:`~clipserve.errors.Overloaded`, naming item ``index``)."""
         with self._room:
             take = min(nbytes, self.capacity)
-            self._room.wait_for(lambda: self.used == 0 or self.used + take <= self.capacity)
+            if not self._room.wait_for(
+                lambda: self.used == 0 or self.used + take <= self.capacity, max_wait_s
+            ):
+                where = f"item {index}: " if index is not None else ""
+                raise Overloaded(
+                    f"{where}the decode budget ({self.capacity // MIB} MiB, max_decode_mb) stayed full for "
+                    f"{max_wait_s:g} s; retry later"
+                )
             self.used += take
         try:
             yield
@@ -72,6 +86,10 @@ class Deadline:
     def check(self) -> None:
         if time.monotonic() > self.end:
             raise DecodeTimeout
+
+    def restart(self) -> None:
+        """Start the clock again: time spent waiting for the decode budget is not decoding."""
+        self.end = time.monotonic() + self.seconds
 
     def refusal(self, what: str, index: int | None) -> InvalidInput:
         return InvalidInput(f"decoding the {what} took longer than {self.seconds:g} s (max_decode_s)", index)

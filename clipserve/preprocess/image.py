@@ -153,7 +153,7 @@ def decoded_image(
             image = Image.open(stream, formats=allowed_formats())
             limits.check(image.size, index)
             # Before any draft: a scaled decode of a progressive JPEG still buffers every coefficient.
-            reservation = limits.budget.reserve(decode_cost(image)) if limits.budget else nullcontext()
+            reservation = limits.budget.reserve(decode_cost(image), index) if limits.budget else nullcontext()
             if image.format in JPEG_FORMATS:
                 stream.stop_at(_jpeg_scans(stream.data, index))
                 if draft_edge is not None:
@@ -171,6 +171,7 @@ def decoded_image(
                 f"corrupt or truncated image: {type(exc).__name__}: {echo(str(exc))}", index
             ) from exc
         with reservation:
+            deadline.restart()
             try:
                 image.load()
             except DecodeTimeout:

@@ -135,13 +135,14 @@ def open_index(settings: ServerSettings):
 
 
 def serving_the_index(settings: ServerSettings, index) -> ServerSettings:
-    """``settings`` with the index's model served: the default list becomes it; a list that names
-    other models must name it too (the index's vectors are of its model only)."""
-    names = [canonical_name(entry.partition(MODEL_WEIGHTS_SEPARATOR)[0]) for entry in settings.model]
-    if index.model in names:
+    """``settings`` with the index's model served: the default list becomes it when it is a zoo
+    name (an index is data: it never chooses a model file or repository to load); a list that
+    names other models must name it too (the index's vectors are of its model only)."""
+    entries = [entry.partition(MODEL_WEIGHTS_SEPARATOR)[0] for entry in settings.model]
+    if index.model in entries or index.model in [canonical_name(entry) for entry in entries]:
         return settings
     if settings.model == [DEFAULT_MODEL]:
-        return dataclasses.replace(settings, model=[index.model])
+        return dataclasses.replace(settings, model=[index.zoo_model()])
     raise ValueError(
         f"the index {settings.index} holds vectors of {index.model}: serve that model too "
         f"(--model {index.model})"

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from clipserve.inputs import Item, wire_item
 
 MODEL_NAME_CHARS = 200
+MAX_ITEM_KEY = 2**63 - 1
+ItemKey = Annotated[int, Field(ge=0, le=MAX_ITEM_KEY)]
+"""An index item's key: SQLite's integers are signed 64-bit."""
 
 
 class Strict(BaseModel):
@@ -149,7 +152,7 @@ class KnnRequest(BaseModel):
 
 class MetadataRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    ids: list[int] = Field(max_length=10000)
+    ids: list[ItemKey] = Field(max_length=10000)
     indice_name: str | None = None
 
 

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import APIRouter, Request
+from fastapi import Path as PathParameter
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from clipserve.errors import InvalidInput, NotFound, UnknownModel
+from clipserve.families.towers import image_limits
 from clipserve.index import Hit, Index, IndexMismatch
 from clipserve.preprocess.image import ImageLimits, decoded_image
 from clipserve.server import schemas
@@ -30,6 +32,8 @@ from clipserve.settings import ServerSettings
 from clipserve.zoo import canonical_name
 
 THUMBNAIL_SIDE = 256
+KNN_THUMBNAILS = 100
+"""Most thumbnails one ``/knn-service`` answer decodes; later results carry their path only."""
 DEDUP_COSINE = 0.94
 """clip-back's ``deduplicate``: results within this cosine of a better one go (its own value)."""
 
@@ -39,7 +43,7 @@ def search_router(index: Index, pool: ModelPool, settings: ServerSettings) -> AP
     router = APIRouter(route_class=OffLoopJSONRoute)
     served = pool.find(index.model)
     name = index.directory.name
-    limits = ImageLimits(settings.max_pixels, settings.max_aspect_ratio, settings.max_decode_s)
+    limits = image_limits(settings)  # the process's decode budget, shared with /encode
 
     async def embedded(request: Request, item) -> np.ndarray:
         vectors, _ = await pool.embed(request.scope, served, [item])
@@ -76,7 +80,7 @@ def search_router(index: Index, pool: ModelPool, settings: ServerSettings) -> AP
         return {"model": index.model, "index": name, "results": results}
 
     @router.get("/search/thumbnail/{key}", response_class=Response)
-    async def thumbnail(key: int) -> Response:
+    async def thumbnail(key: int = PathParameter(ge=0, le=schemas.MAX_ITEM_KEY)) -> Response:
         """A JPEG of at most 256 px of an indexed image, from the index's own folders only."""
         data = await run_in_threadpool(_thumbnail, index, key, limits)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
@@ -139,9 +143,10 @@ def _clip_back_metadata(entry) -> dict:
 def _knn_results(index: Index, hits: list[Hit], limits: ImageLimits) -> list[dict]:
     entries = index.store.lookup([hit.key for hit in hits])
     results = []
-    for hit in hits:
+    for position, hit in enumerate(hits):
         result = {**_clip_back_metadata(entries[hit.key]), "id": hit.key, "similarity": hit.score}
-        if hit.metadata.get("modality") == "image" and hit.metadata.get("path"):
+        pictured = position < KNN_THUMBNAILS
+        if pictured and hit.metadata.get("modality") == "image" and hit.metadata.get("path"):
             # a file gone or refused since the build: the result stays, without a picture
             with contextlib.suppress(InvalidInput, NotFound):
                 result["image"] = base64.b64encode(_thumbnail(index, hit.key, limits)).decode()
@@ -160,7 +165,7 @@ def _thumbnail(index: Index, key: int, limits: ImageLimits) -> bytes:
     roots = [Path(os.path.realpath(root)) for root in index.roots]
     if not any(path.is_relative_to(root) for root in roots) or not path.is_file():
         raise refusal
-    with decoded_image(path, None, limits) as image:
+    with decoded_image(path, None, limits, draft_edge=THUMBNAIL_SIDE) as image:  # JPEGs scaled in the decoder
         small = image.convert("RGB")
         small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     buffer = io.BytesIO()
