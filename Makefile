@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 JINA_V2 := .venv-jina
 JINA_V1 := .venv-jina-docarray-v1
 UV := $(VENV)/bin/uv
+# The README's first install line, as a user runs it: the server without torch (tests/test_light_install.py).
+LIGHT := .venv-light
 # The playground's browser tests drive Debian's chromium (Playwright downloads no browser here).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -20,6 +22,8 @@ setup: chromium
 	$(UV) venv --quiet --allow-existing -p $(PY) $(JINA_V1)
 	$(UV) pip install --quiet -p $(JINA_V1)/bin/python -e '.[jina-docarray-v1,audio]' 'pytest>=8' \
 		'clip-client>=0.8,<0.9'
+	$(UV) venv --quiet --allow-existing -p $(PY) $(LIGHT)
+	$(UV) pip install --quiet -p $(LIGHT)/bin/python -e '.[server]'
 
 chromium:
 	@command -v chromium >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \

@@ -104,9 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         "export", allow_abbrev=False, help="export a checkpoint to ONNX (needs the torch extra)"
     )
     add_setting_flags(
-        export, EngineSettings, only=("model", "weights", "tokenizer", "image_weights", "cache_dir")
+        export, EngineSettings, only=("model", "weights", "tokenizer", "image_weights", "cache_dir", "source")
     )
     export.add_argument("--output", type=Path, help="directory to write (default: the cache)")
+    export.add_argument(
+        "--hub-layout",
+        type=Path,
+        help="directory to write as a hub repo (the export and a model card with the weights' licence), "
+        "to upload and load elsewhere with --model hf-hub:ORG/REPO",
+    )
     export.add_argument("--precision", default=None, choices=tuple(PRECISION_DEVICES["onnx"]))
 
     encode = commands.add_parser(
@@ -265,15 +271,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not loads_here:  # a GPU precision (fp16): derived from the fp32 export, not loaded here
         cache = cache_dir(settings.cache_dir)
         exports = {key: onnx_model_dir(spec, path, cache, precision) for key, path in exports.items()}
+    if args.hub_layout is not None and len(exports) != 1:
+        raise ValueError(f"{spec.name} is two exports (image, text): --hub-layout writes one; use --output")
+    output = args.hub_layout or args.output
     for key, path in exports.items():
-        if args.output is not None:  # two exports (M-CLIP: image, text) go into subdirectories
-            target = (
-                args.output
-                if len(exports) == 1
-                else args.output / ("text" if key == "text_weights" else "image")
-            )
+        if output is not None:  # two exports (M-CLIP: image, text) go into subdirectories
+            target = output if len(exports) == 1 else output / ("text" if key == "text_weights" else "image")
             shutil.copytree(path, target, dirs_exist_ok=True)
             path = target
+        if args.hub_layout is not None:
+            from clipserve.backends.published import hub_layout
+
+            hub_layout(path, spec)
         print(path)
     return 0
 

@@ -75,8 +75,14 @@ class Encoder:
         return self.pipeline.model.logit_scale(query, candidate)
 
     def info(self) -> dict[str, object]:
-        """Model, dimension and what really runs (family, backend, device, providers, precision, weights)."""
-        return {"model": self.spec.name, "dim": self.dim, **self.pipeline.model.info()}
+        """Model, dimension, the weights' licence, and what really runs (family, backend, device,
+        providers, precision, weights; for a publisher's graphs, who published them)."""
+        return {
+            "model": self.spec.name,
+            "dim": self.dim,
+            "licence": self.spec.licence,
+            **self.pipeline.model.info(),
+        }
 
     def close(self) -> None:
         """Stop the worker threads."""

@@ -59,6 +59,12 @@ class EngineSettings:
     tokenizer: str | None = setting(
         None, "tokenizer directory (tokenizer.json…) when weights is a single file"
     )
+    source: str = setting(
+        "auto",
+        "where a zoo model's weights come from when none are given: checkpoint (exported to ONNX once, "
+        "with torch), immich (its published ONNX graphs: no torch), or auto (immich's when torch is not "
+        "installed, else the checkpoint)",
+    )
     image_weights: str | None = setting(
         None, "weights of the image tower of a model that pairs two (M-CLIP): checkpoint or ONNX export"
     )

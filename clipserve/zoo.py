@@ -7,6 +7,7 @@ not list (M-CLIP). This module only loads them, resolves names and aliases, and 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from dataclasses import dataclass
@@ -180,6 +181,22 @@ def get_spec(name: str = DEFAULT_MODEL) -> ModelSpec:
     raise UnknownModel(
         f"unknown model {name!r}.{hint} `clipserve models` lists all {len(_table())} known models."
     )
+
+
+def with_preprocess(spec: ModelSpec, preprocess_cfg: dict) -> ModelSpec:
+    """``spec`` with the preprocessing an open_clip ``preprocess_cfg`` gives (``size``, ``mean``,
+    ``std``, ``interpolation``, ``resize_mode``), where it gives one."""
+    changes: dict = {}
+    size = preprocess_cfg.get("size")
+    if size is not None:
+        changes["image_size"] = tuple(size) if isinstance(size, list | tuple) else (size, size)
+    for key in ("mean", "std"):
+        if key in preprocess_cfg:
+            changes[key] = tuple(preprocess_cfg[key])
+    for key in ("interpolation", "resize_mode"):
+        if key in preprocess_cfg:
+            changes[key] = preprocess_cfg[key]
+    return dataclasses.replace(spec, **changes)
 
 
 def canonical_name(name: str) -> str | None:

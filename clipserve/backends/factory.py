@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from clipserve.backends.base import Backend, check_engine
+from clipserve.backends.published import IMMICH, SOURCES, published_fp32
 from clipserve.cache import content_fingerprint, touch
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.weights import (
@@ -27,6 +29,11 @@ from clipserve.zoo import ModelSpec
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnx", "torch")
+PUBLISHED = SOURCES
+WEIGHT_SOURCES = ("auto", "checkpoint", *PUBLISHED)
+"""Where a model's weights come from when none are given: ``checkpoint`` (the zoo's, exported to
+ONNX once with torch), a publisher's ready ONNX graphs, or ``auto`` (the checkpoint, or immich's
+graphs when torch is not installed)."""
 
 
 def create_backend(
@@ -39,6 +46,7 @@ def create_backend(
     spin: bool = True,
     tokenizer_dir: Path | None = None,
     towers: tuple[str, ...] = ("image", "text"),
+    source: str = "auto",
 ) -> Backend:
     """Build ``backend`` for ``spec`` on ``device``, locating (and for onnx, exporting) weights.
 
@@ -46,10 +54,13 @@ def create_backend(
     ``None`` means the cache, then a download. ``spin`` lets idle ONNX Runtime threads busy-wait
     between text kernels (faster offline text; wasteful when other work, such as a server's
     request handling, shares the cores). ``tokenizer_dir`` is copied into a new export. With
-    onnx, only the ``towers`` asked for are loaded.
+    onnx, only the ``towers`` asked for are loaded. ``source`` says where weights come from when
+    none are given (:data:`WEIGHT_SOURCES`).
     """
     explicit = explicit_weights(spec, weights) if weights is not None else None
-    path = backend_weights(spec, backend, device, precision, explicit, cache, tokenizer_dir=tokenizer_dir)
+    path = backend_weights(
+        spec, backend, device, precision, explicit, cache, tokenizer_dir=tokenizer_dir, source=source
+    )
     if backend == "torch":
         from clipserve.backends.torch import TorchBackend
 
@@ -69,26 +80,57 @@ def backend_weights(
     *,
     exporter: Callable[[ModelSpec, Path, Path], Path] | None = None,
     tokenizer_dir: Path | None = None,
+    source: str = "auto",
 ) -> Path:
     """What ``backend`` runs for ``spec``: the one loader of every family.
 
     An unknown backend, or a precision it lacks or does not run on ``device``, is refused before
     any weights are looked for. torch runs a checkpoint: ``given``, else the cached one (downloaded
     when allowed), never an ONNX export. onnx runs an export in ``precision``
-    (:func:`onnx_model_dir`, with the family's ``exporter``), once the device's execution provider
-    is known to be there.
+    (:func:`onnx_model_dir`, with the family's ``exporter``, or from a publisher's graphs per
+    ``source``), once the device's execution provider is known to be there.
     """
     if backend not in BACKENDS:
         raise UnsupportedModel(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if source not in WEIGHT_SOURCES:
+        raise UnsupportedModel(f"unknown weight source {source!r}; choose one of {', '.join(WEIGHT_SOURCES)}")
     check_engine(precision, backend, device)
     if backend == "torch":
         if given is not None and is_onnx_dir(given):
             raise UnsupportedModel(f"the torch backend runs a checkpoint, and {given} is an ONNX export")
+        if source in PUBLISHED:
+            raise UnsupportedModel(f"the torch backend runs a checkpoint, not {source}'s ONNX graphs")
         return given or find_checkpoint(spec, cache)
     from clipserve.backends.onnx import execution_providers
 
     execution_providers(device)  # a missing provider is said before any export or conversion
-    return onnx_model_dir(spec, given, cache, precision, tokenizer_dir, exporter)
+    published = _published_source(spec, given, source, exporter)
+    return onnx_model_dir(spec, given, cache, precision, tokenizer_dir, exporter, published)
+
+
+def _published_source(
+    spec: ModelSpec, given: Path | None, source: str, exporter: Callable | None
+) -> str | None:
+    """The publisher whose graphs to read for ``spec``: the one named, or with ``auto`` immich's
+    when torch (which an export of the checkpoint needs) is not installed; None for the checkpoint."""
+    if given is not None or source == "checkpoint":
+        return None
+    if source in PUBLISHED:
+        if exporter is not None or spec.family != "open_clip":
+            raise UnsupportedModel(
+                f"{spec.name}: {source}'s published graphs are read for open_clip models only"
+            )
+        return source
+    if exporter is None and spec.family == "open_clip" and not _torch_installed():
+        return IMMICH
+    return None
+
+
+def _torch_installed() -> bool:
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a finder that refuses torch outright
+        return False
 
 
 def onnx_model_dir(
@@ -98,12 +140,14 @@ def onnx_model_dir(
     precision: str = "fp32",
     tokenizer_dir: Path | None = None,
     exporter: Callable[[ModelSpec, Path, Path], Path] | None = None,
+    published: str | None = None,
 ) -> Path:
     """An ONNX export of ``spec`` in ``precision``: given, cached, or made once into the cache.
 
     fp32 is exported from the checkpoint (needs torch) by ``exporter(spec, checkpoint, target)``
     (a family's own; default :func:`export_fp32`); int8 and fp16 are derived from the fp32 export
     (ONNX Runtime only) and cached beside it. Cache entries of local weights are keyed by content.
+    With ``published`` (a publisher), fp32 is that publisher's graphs, made into an export.
     """
     if explicit is not None and is_onnx_dir(explicit):
         given = read_export_meta(explicit)["precision"]
@@ -115,6 +159,9 @@ def onnx_model_dir(
             )
         fp32_dir = explicit
         target = onnx_cache(spec, cache, fingerprint(explicit, cache), precision)
+    elif published is not None:
+        fp32_dir = published_fp32(spec, published, cache)
+        target = onnx_cache(spec, cache, fp32_dir.parent.name, precision)
     else:
         source = fingerprint(explicit, cache) if explicit is not None else spec.tag
         fp32_dir = onnx_cache(spec, cache, source, "fp32")

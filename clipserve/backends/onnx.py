@@ -88,10 +88,16 @@ class OnnxBackend:
         )
         self.providers = (self._image or self._text).get_providers()
         self.logit_scales = meta.get("logit_scales", {"logit_scale": self.logit_scale})
+        published = ("published_by", "published_repo")
+        self.published = {k: meta.get(k) for k in published} if "published_by" in meta else {}
+        static = meta.get("batch", {})  # a publisher's graph whose batch axis stayed 1: item by item
+        self._image_batch, self._text_batch = static.get("image"), static.get("text")
         log.info("onnx backend: %s on %s with %s from %s", spec.name, device, self.providers, model_dir)
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
-        return self._image.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+        return run_rows(
+            self._image, "pixels", np.ascontiguousarray(pixels, dtype=np.float32), self._image_batch
+        )
 
     def encode_image_tensor(self, pixels) -> np.ndarray:
         """Normalised float32 pixels, a torch tensor on :attr:`tensor_device` (the CPU or the
@@ -122,14 +128,14 @@ class OnnxBackend:
         return "cpu" if kind == "cpu" else f"cuda:{ordinal or 0}"
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        return self._text.run(None, {"tokens": np.ascontiguousarray(tokens, dtype=np.int64)})[0]
+        return run_rows(self._text, "tokens", np.ascontiguousarray(tokens, dtype=np.int64), self._text_batch)
 
     def encode_audio(self, samples: np.ndarray) -> np.ndarray:
         """``[n, 220500]`` samples in the 16-bit range → ``[n, 1024]`` (AudioCLIP; not normalised)."""
         return self._audio.run(None, {"audio": np.ascontiguousarray(samples, dtype=np.float32)})[0]
 
     def info(self) -> dict[str, object]:
-        return running(self)
+        return {**running(self), **self.published}
 
 
 class OnnxTextEncoder:
@@ -201,6 +207,15 @@ class HfOnnxBackend:
 
     def info(self) -> dict[str, object]:
         return running(self)
+
+
+def run_rows(session: ort.InferenceSession, name: str, rows: np.ndarray, static: int | None) -> np.ndarray:
+    """``session``'s first output for ``rows`` at once, or ``static`` rows at a time."""
+    if static is None:
+        return session.run(None, {name: rows})[0]
+    return np.concatenate(
+        [session.run(None, {name: rows[start : start + static]})[0] for start in range(0, len(rows), static)]
+    )
 
 
 def running(backend: OnnxBackend | HfOnnxBackend) -> dict[str, object]:

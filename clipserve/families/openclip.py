@@ -43,8 +43,19 @@ class OpenClipModel:
         self.spec = spec
         tokenizer_dir = locate_tokenizer(spec, settings, weights, cache)
         self.backend: Backend = create_backend(
-            spec, settings.backend, settings.device, weights, settings.precision, cache, spin, tokenizer_dir
+            spec,
+            settings.backend,
+            settings.device,
+            weights,
+            settings.precision,
+            cache,
+            spin,
+            tokenizer_dir,
+            source=settings.source,
         )
+        ran = Path(str(self.backend.info()["weights"]))
+        if weights is None and is_onnx_dir(ran):  # a publisher's export keeps its own preprocessing
+            self.spec = spec = spec_of_export(spec, ran)
         enforce_cap(cache, settings.cache_max_gb, Path(str(self.backend.info()["weights"])))
         self.tokenizer = make_tokenizer(spec, tokenizer_dir)
         self.towers = {

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from clipserve.weights import OPEN_CLIP_CONFIG
-from clipserve.zoo import ModelSpec
+from clipserve.zoo import ModelSpec, with_preprocess
 
 TRIMS = ("argmax", "eos", "mask", "none")
 """How a batch of token ids may be cut short, exactly:
@@ -68,10 +68,4 @@ def spec_from_hub_dir(spec: ModelSpec, directory: Path) -> ModelSpec:
         "image_size": tuple(image_size) if isinstance(image_size, list) else (image_size, image_size),
         "quick_gelu": bool(model_cfg.get("quick_gelu", False)),
     }
-    for key in ("mean", "std"):
-        if key in preprocess:
-            changes[key] = tuple(preprocess[key])
-    for key in ("interpolation", "resize_mode"):
-        if key in preprocess:
-            changes[key] = preprocess[key]
-    return dataclasses.replace(spec, **changes)
+    return with_preprocess(dataclasses.replace(spec, **changes), preprocess)

@@ -12,6 +12,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from clipserve.backends.published import (
+    IMMICH_ORG,
+    fetch_immich,
+    fetch_snapshot,
+    is_immich_dir,
+    published_export,
+)
 from clipserve.errors import UnknownModel, UnsupportedModel
 from clipserve.families.transformers_config import (
     CONFIG,
@@ -23,8 +30,11 @@ from clipserve.families.transformers_config import (
     spec_from_directory,
 )
 from clipserve.settings import EngineSettings
-from clipserve.weights import is_hub_dir, is_onnx_dir, offline, read_export_meta
+from clipserve.weights import cache_dir, is_hub_dir, is_onnx_dir, offline, read_export_meta
 from clipserve.zoo import ModelSpec, canonical_name, get_spec, openai_file_model, spec_from_row
+
+HF_HUB = "hf-hub:"
+"""open_clip's scheme for a hub repo, here a clipserve export (or immich's layout) published there."""
 
 
 def resolve_model(settings: EngineSettings) -> tuple[ModelSpec, EngineSettings]:
@@ -34,6 +44,9 @@ def resolve_model(settings: EngineSettings) -> tuple[ModelSpec, EngineSettings]:
       model directory make it that model (of the ``transformers`` family), under the zoo name.
     - A local directory: a transformers model (``config.json`` naming a supported class), or a
       clipserve export (its own spec); anything else is :class:`UnsupportedModel` saying what was found.
+    - A directory in immich's layout, or an ``immich-app/…`` hub repo: immich's published ONNX graphs
+      of the zoo model its name gives (``ViT-B-32__openai``), made into an export (no torch).
+    - ``hf-hub:ORG/REPO``: a clipserve export published on the hub (or immich's layout there).
     - A file: an OpenAI ``clip`` checkpoint (``ViT-B-32.pt``…) loads as the zoo's ``::openai`` model.
     - ``owner/name`` not in the zoo: a hub repo of a transformers model (the hub cache, then a download).
 
@@ -44,12 +57,20 @@ def resolve_model(settings: EngineSettings) -> tuple[ModelSpec, EngineSettings]:
     known = canonical_name(name)
     if known is not None:
         given = Path(weights).expanduser() if weights is not None else None
+        if given is not None and is_immich_dir(given):
+            return _from_immich(given, str(given), settings, known)
         if given is not None and names_supported_class(given):
             return spec_from_directory(given, known), settings
         if given is not None and is_onnx_dir(given) and _export_spec(given).family == FAMILY:
             return dataclasses.replace(_export_spec(given), display_name=known), settings
         return get_spec(known), settings
     path = Path(name).expanduser()
+    if is_immich_dir(path):
+        return _from_immich(path, str(path), settings)
+    if name.startswith(f"{IMMICH_ORG}/") and not path.exists():
+        return _from_immich(fetch_immich(name, cache_dir(settings.cache_dir)), name, settings)
+    if name.startswith(HF_HUB):
+        return _from_hub_repo(name.removeprefix(HF_HUB), settings)
     if weights is not None and is_transformers_dir(Path(weights).expanduser()):
         return spec_from_directory(Path(weights).expanduser(), name), settings
     if path.is_dir():
@@ -61,6 +82,38 @@ def resolve_model(settings: EngineSettings) -> tuple[ModelSpec, EngineSettings]:
         snapshot = hub_snapshot(name, offline())
         return spec_from_directory(snapshot, name), dataclasses.replace(settings, weights=str(snapshot))
     return get_spec(name), settings  # raises UnknownModel with close names
+
+
+def _from_hub_repo(repo: str, settings: EngineSettings) -> tuple[ModelSpec, EngineSettings]:
+    """``hf-hub:ORG/REPO``: a clipserve export published on the hub (``clipserve export
+    --hub-layout``), or a repo in immich's layout; downloaded and verified."""
+    snapshot = fetch_snapshot(repo, cache_dir(settings.cache_dir))
+    if is_onnx_dir(snapshot):
+        return _export_spec(snapshot), dataclasses.replace(settings, weights=str(snapshot))
+    if is_immich_dir(snapshot):
+        return _from_immich(snapshot, repo, settings)
+    raise UnsupportedModel(
+        f"hf-hub:{repo} holds neither a clipserve export (clipserve.json) nor immich's layout; an open_clip "
+        f"checkpoint repo loads by its zoo name, a transformers one by its plain repo id"
+    )
+
+
+def _from_immich(
+    directory: Path, origin: str, settings: EngineSettings, zoo_name: str | None = None
+) -> tuple[ModelSpec, EngineSettings]:
+    """An immich directory (a local copy, or a hub snapshot) of a zoo model, named by ``zoo_name``
+    or by its own name (``ViT-B-32__openai``), made into a clipserve export in the cache."""
+    known = zoo_name or canonical_name(origin.rstrip("/").rsplit("/", 1)[-1].replace("__", "::"))
+    if known is None:
+        raise UnsupportedModel(
+            f"{origin} is in immich's layout, but its name is not a zoo model's (ARCH__TAG): name its model "
+            f"and pass it as weights (Encoder('ARCH::TAG', weights={origin!r}))"
+        )
+    spec = get_spec(known)
+    if spec.family != "open_clip":
+        raise UnsupportedModel(f"{origin}: immich's graphs are read for open_clip models only, not {known}")
+    export = published_export(directory, spec, cache_dir(settings.cache_dir), origin)
+    return _export_spec(export), dataclasses.replace(settings, model=known, weights=str(export))
 
 
 def _export_spec(path: Path) -> ModelSpec:

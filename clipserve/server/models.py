@@ -67,6 +67,7 @@ class ServedModel:
         self.info: dict[str, object] = {
             "model": spec.name,
             "dim": spec.dim,
+            "licence": spec.licence,
             "family": spec.family,
             "backend": settings.backend,
             "device": settings.device,

@@ -1,0 +1,391 @@
+"""Torch-free weights: the ONNX exports that others publish, made into clipserve's export layout.
+
+immich publishes ready ONNX graphs of about 57 open_clip and M-CLIP models on the Hugging Face hub
+(``immich-app/ViT-B-32__openai``): a root ``config.json`` (open_clip's model config), then
+``visual/model.onnx`` with ``visual/preprocess_cfg.json`` (open_clip's preprocessing) and
+``textual/model.onnx`` with the tokenizer files. Reading them needs ONNX Runtime and ``onnx``
+only, so a torch-free install serves a zoo model by its name.
+
+A published graph becomes an export directory clipserve runs as its own (``image.onnx``,
+``text.onnx``, ``clipserve.json``), with only these changes, made with ``onnx``:
+
+- the inputs are renamed to clipserve's (``pixels``, ``tokens``), an int32 token input gets a
+  ``Cast`` from clipserve's int64 in front of it, and the first output, whatever its name,
+  becomes ``embeddings`` (later outputs are dropped);
+- a static batch axis of 1 (immich's newer exports) is made dynamic, and the rewrite kept only
+  when a batch of two gives the same vectors as two runs of one; otherwise the graph stays static
+  and runs item by item (``clipserve.json``: ``"batch": 1``).
+
+Vectors are normalised once by clipserve whether or not the graph already normalised them. The
+preprocessing is the repo's own ``preprocess_cfg.json`` over the zoo entry's; text is tokenised as
+the zoo entry says (CLIP's BPE, as open_clip, or the Hugging Face tokenizer the repo ships).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from clipserve.errors import UnsupportedModel, WeightsUnavailable
+from clipserve.weights import EXPORT_FORMAT, staged_dir, write_export_meta
+from clipserve.zoo import ModelSpec, with_preprocess
+
+log = logging.getLogger(__name__)
+
+IMMICH = "immich"
+SOURCES = (IMMICH,)
+"""The publishers whose ONNX exports clipserve reads."""
+IMMICH_ORG = "immich-app"
+IMMICH_FILES = (
+    "config.json",
+    "visual/model.onnx*",
+    "visual/preprocess_cfg.json",
+    "textual/model.onnx*",
+    "textual/*.json",
+    "textual/*.model",
+    "*.json",
+    "README.md",
+)
+"""What is fetched of an immich repo (``model.onnx*``: a graph over 2 GB has external data beside
+it); never its ARM NN or RKNN builds."""
+IMMICH_IMAGE_INPUTS = {"image": TensorProto.FLOAT}
+IMMICH_TEXT_INPUTS = {"text": (TensorProto.INT32, TensorProto.INT64)}
+LARGE_GRAPH = 1_800_000_000
+"""Graphs larger than this (protobuf's limit is 2 GB) are saved with their weights beside them."""
+DYNAMIC_TOLERANCE = 1e-5
+
+
+def immich_repo(spec: ModelSpec) -> str:
+    """immich's hub repo of a zoo model: ``ViT-B-32::openai`` → ``immich-app/ViT-B-32__openai``,
+    ``M-CLIP/X`` → ``immich-app/X``."""
+    if spec.family == "mclip":
+        return f"{IMMICH_ORG}/{spec.name.split('/', 1)[1]}"
+    return f"{IMMICH_ORG}/{spec.arch}__{spec.tag}"
+
+
+def is_immich_dir(path: Path) -> bool:
+    """True for a directory in immich's layout (``config.json`` and a ``visual/`` or ``textual/`` graph)."""
+    return (
+        path.is_dir()
+        and (path / "config.json").is_file()
+        and ((path / "visual" / "model.onnx").is_file() or (path / "textual" / "model.onnx").is_file())
+    )
+
+
+def immich_model_config(path: Path) -> tuple[dict, dict]:
+    """``(model_cfg, preprocess_cfg)`` of an immich directory (open_clip's two configs)."""
+    model_cfg = json.loads((path / "config.json").read_text())
+    preprocess_file = path / "visual" / "preprocess_cfg.json"
+    preprocess = json.loads(preprocess_file.read_text()) if preprocess_file.is_file() else {}
+    return model_cfg, preprocess
+
+
+def convert_immich(source: Path, out_dir: Path, spec: ModelSpec, origin: str) -> Path:
+    """Write ``source`` (an immich directory of ``spec``'s model, its preprocessing already in
+    ``spec``) as a clipserve fp32 export into ``out_dir``; ``origin`` (a repo or a path) is recorded."""
+    image, text = source / "visual" / "model.onnx", source / "textual" / "model.onnx"
+    if not image.is_file() or not text.is_file():
+        raise UnsupportedModel(f"{source} lacks visual/model.onnx or textual/model.onnx (immich's layout)")
+    with staged_dir(out_dir) as staging:
+        image_batch = adapt_graph(image, staging / "image.onnx", {"image": ("pixels", TensorProto.FLOAT)})
+        text_batch = adapt_graph(text, staging / "text.onnx", {"text": ("tokens", TensorProto.INT64)})
+        tokenizer = source / "textual" if (source / "textual" / "tokenizer.json").is_file() else None
+        meta = {
+            "model": spec.name,
+            "spec": dataclasses.asdict(spec),
+            "arch": spec.arch,
+            "dim": spec.dim,
+            # Not in immich's files: CLIP's trained temperature, clamped at 100 in training (only
+            # /rank's softmax uses it; cosines and orderings do not).
+            "logit_scale": 100.0,
+            "text_dynamic_length": False,
+            "export_format": EXPORT_FORMAT,
+            "precision": "fp32",
+            "source": origin,
+            "published_by": IMMICH,
+            "published_repo": origin if origin.startswith(f"{IMMICH_ORG}/") else None,
+            "batch": {"image": image_batch, "text": text_batch},
+            "licence": spec.licence,
+        }
+        write_export_meta(staging, meta, tokenizer)
+    log.info("%s: immich's graphs made into a clipserve export in %s", spec.name, out_dir)
+    return out_dir
+
+
+def adapt_graph(source: Path, target: Path, inputs: dict[str, tuple[str, int]]) -> int | None:
+    """``source`` with its inputs renamed (and cast) as ``inputs`` says (``old: (new, dtype)``) and
+    its first output named ``embeddings``, saved at ``target``. Returns ``None`` when the batch axis
+    is dynamic (given so, or made so and checked), else the static batch size (1)."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    initialisers = {i.name for i in graph.initializer}
+    given = {i.name: i for i in graph.input if i.name not in initialisers}
+    if set(given) != set(inputs):
+        raise UnsupportedModel(
+            f"{source} takes {sorted(given)}; a published graph of this layout takes {sorted(inputs)}"
+        )
+    for old, (new, dtype) in inputs.items():
+        _retype_input(graph, given[old], new, dtype, source)
+    if not graph.output:
+        raise UnsupportedModel(f"{source} has no output")
+    first = graph.output[0]
+    dims = first.type.tensor_type.shape.dim
+    if first.type.tensor_type.elem_type != TensorProto.FLOAT or len(dims) != 2:
+        raise UnsupportedModel(f"{source}: its first output is not float32 [batch, dim]")
+    graph.node.append(helper.make_node("Identity", [first.name], ["embeddings"], name="clipserve_embeddings"))
+    dim = dims[1].dim_value or None
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", dim]))
+    static = [
+        d.dim_value
+        for i in graph.input
+        if i.name not in initialisers
+        for d in i.type.tensor_type.shape.dim[:1]
+    ]
+    del graph.value_info[:]  # shapes inferred for batch 1 would contradict a dynamic batch
+    if not any(static):
+        _save(model, target)
+        return None
+    batch = static[0]
+    _set_batch(graph, initialisers, "batch")
+    _save(model, target)
+    if _batches_alike(target, batch):
+        log.info("%s: its static batch of %d made dynamic (same vectors)", source, batch)
+        return None
+    log.info("%s: the batch axis stays static (%d); it runs item by item", source, batch)
+    _set_batch(graph, initialisers, batch)
+    _save(model, target)
+    return batch
+
+
+def _retype_input(
+    graph: onnx.GraphProto, value: onnx.ValueInfoProto, new: str, dtype: int, source: Path
+) -> None:
+    """Make graph input ``value`` the input ``new`` of ``dtype`` (a Cast to the old type for ids)."""
+    old, old_type = value.name, value.type.tensor_type.elem_type
+    allowed = (TensorProto.FLOAT,) if dtype == TensorProto.FLOAT else (TensorProto.INT32, TensorProto.INT64)
+    if old_type not in allowed:
+        raise UnsupportedModel(
+            f"{source}: input {old!r} is {TensorProto.DataType.Name(old_type)}, not "
+            f"{' or '.join(TensorProto.DataType.Name(t) for t in allowed)}"
+        )
+    shape = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+    replacement = helper.make_tensor_value_info(new, dtype, shape)
+    position = list(graph.input).index(value)
+    graph.input.remove(value)
+    graph.input.insert(position, replacement)
+    if old_type == dtype:
+        for node in graph.node:
+            node.input[:] = [new if name == old else name for name in node.input]
+    else:
+        graph.node.insert(
+            0, helper.make_node("Cast", [new], [old], to=old_type, name=f"clipserve_cast_{new}")
+        )
+
+
+def _set_batch(graph: onnx.GraphProto, initialisers: set[str], batch: int | str) -> None:
+    for value in [*(i for i in graph.input if i.name not in initialisers), *graph.output]:
+        first = value.type.tensor_type.shape.dim[0]
+        if isinstance(batch, str):
+            first.dim_param = batch
+        else:
+            first.dim_value = batch
+
+
+def _save(model: onnx.ModelProto, target: Path) -> None:
+    for stale in target.parent.glob(f"{target.name}*"):
+        stale.unlink()
+    if model.ByteSize() > LARGE_GRAPH:
+        onnx.save_model(
+            model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+            location=f"{target.name}.data",
+        )  # fmt: skip
+    else:
+        onnx.save_model(model, str(target))
+
+
+def _batches_alike(path: Path, batch: int) -> bool:
+    """True when ``path`` runs a batch of two as two batches of ``batch`` (=1) runs, to within
+    float rounding; False when it fails or differs (a reshape kept the static batch)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for value in session.get_inputs():
+        shape = [2, *(d if isinstance(d, int) else 77 for d in value.shape[1:])]
+        if value.type == "tensor(float)":
+            feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
+        else:
+            ids = rng.integers(1, 400, size=shape)
+            ids[:, -1] = 407
+            feeds[value.name] = ids.astype(np.int64)
+    try:
+        together = session.run(None, feeds)[0]
+        apart = np.concatenate(
+            [session.run(None, {k: v[i : i + 1] for k, v in feeds.items()})[0] for i in range(2)]
+        )
+    except Exception as exc:  # ONNX Runtime raises its own types for shape mismatches
+        log.info("%s: a batch of two fails (%s)", path, exc)
+        return False
+    return together.shape == apart.shape and bool(
+        np.allclose(together, apart, atol=DYNAMIC_TOLERANCE, rtol=0)
+    )
+
+
+def fetch_immich(repo: str, cache: Path) -> Path:
+    """The snapshot of immich's hub ``repo`` (only :data:`IMMICH_FILES`), verified."""
+    return fetch_snapshot(repo, cache, IMMICH_FILES)
+
+
+def fetch_snapshot(repo: str, cache: Path, patterns: tuple[str, ...] | None = None) -> Path:
+    """The snapshot of hub ``repo`` (the files matching ``patterns``, else all), downloaded into
+    the cache when allowed and verified: each large file's sha256 against the hub's (its etag),
+    each small one against its git blob id.
+
+    Raises:
+        WeightsUnavailable: offline with nothing cached, not found, or a checksum mismatch (the bad
+            file is removed).
+    """
+    from huggingface_hub import snapshot_download
+
+    from clipserve.weights import offline
+
+    try:
+        snapshot = Path(
+            snapshot_download(
+                repo,
+                allow_patterns=list(patterns) if patterns else None,
+                cache_dir=cache / "hub",
+                local_files_only=offline(),
+            )
+        )
+    except Exception as exc:  # the hub's errors have many types (offline, 404, auth)
+        raise WeightsUnavailable(
+            f"the hub repo {repo} could not be fetched: {type(exc).__name__}: {exc}"
+        ) from exc
+    verify_snapshot(snapshot)
+    return snapshot
+
+
+def verify_snapshot(snapshot: Path) -> None:
+    """Check each file of a hub cache snapshot against the name of its blob: the sha256 of a large
+    (LFS) file, or the git blob id of a small one. A mismatch removes the file and is refused."""
+
+    for link in sorted(p for p in snapshot.rglob("*") if p.is_symlink() or p.is_file()):
+        blob = link.resolve()
+        name = blob.name
+        if len(name) == 64:
+            digest = hashlib.sha256()
+        elif len(name) == 40:
+            digest = hashlib.sha1(f"blob {blob.stat().st_size}\0".encode())
+        else:
+            continue  # not a hub cache blob (a local copy): nothing recorded to check against
+        with blob.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != name:
+            blob.unlink(missing_ok=True)
+            link.unlink(missing_ok=True)
+            raise WeightsUnavailable(
+                f"{link.relative_to(snapshot)} of {snapshot} does not match the hub's checksum ({name}): "
+                "removed; download it again"
+            )
+
+
+HUB_LICENCES = {
+    "MIT": "mit",
+    "Apache-2.0": "apache-2.0",
+    "CC-BY-NC-4.0": "cc-by-nc-4.0",
+}
+"""The hub's licence ids of the zoo's licences (others are ``other``, named in the card)."""
+
+
+def hub_layout(directory: Path, spec: ModelSpec) -> Path:
+    """Make an export ``directory`` a hub repo to publish: a ``README.md`` model card (the weights'
+    licence, what it is, how clipserve loads it: ``hf-hub:ORG/REPO``), and no local path of this
+    machine left in its ``clipserve.json``."""
+    from clipserve.weights import ONNX_MARKER, read_export_meta
+
+    meta = read_export_meta(directory)
+    if Path(str(meta.get("source", ""))).is_absolute():
+        meta["source"] = spec.name
+        (directory / ONNX_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+    licence_id = HUB_LICENCES.get(spec.licence, "other")
+    header = ["---", f"license: {licence_id}"]
+    if licence_id == "other":
+        header.append(f"license_name: {json.dumps(spec.licence)}")
+    header += ["library_name: clipserve", "tags:", "- clip", "- onnx", "- clipserve", "---", ""]
+    card = "\n".join(
+        [
+            *header,
+            f"# {spec.name}, exported by clipserve ({meta['precision']})",
+            "",
+            f"ONNX graphs of the open_clip model `{spec.name}` ({spec.dim}-d vectors) in clipserve's export "
+            "layout: `image.onnx`, `text.onnx` and `clipserve.json` (what the runtime needs: the "
+            "preprocessing, tokenizer and text length). They run on ONNX Runtime alone, without torch.",
+            "",
+            f"**Licence of the weights:** {spec.licence}. The export changes the weights' form, not "
+            "their terms: use them as their licence allows.",
+            "",
+            "```python",
+            "from clipserve import Encoder",
+            "",
+            'encoder = Encoder("hf-hub:ORG/REPO")  # this repo',
+            "```",
+            "",
+            "or `clipserve serve --model hf-hub:ORG/REPO`.",
+            "",
+        ]
+    )
+    path = directory / "README.md"
+    path.write_text(card)
+    return path
+
+
+__all__ = [
+    "IMMICH",
+    "SOURCES",
+    "convert_immich",
+    "fetch_immich",
+    "fetch_snapshot",
+    "hub_layout",
+    "immich_repo",
+    "is_immich_dir",
+    "published_export",
+    "published_fp32",
+]
+
+
+def published_fp32(spec: ModelSpec, source: str, cache: Path) -> Path:
+    """The fp32 export of zoo model ``spec`` made from ``source``'s published graphs, downloaded
+    and verified, then made into an export in the cache once."""
+    if source not in SOURCES:
+        raise UnsupportedModel(f"unknown weight source {source!r}; published ones: {', '.join(SOURCES)}")
+    repo = immich_repo(spec)
+    return published_export(fetch_immich(repo, cache), spec, cache, repo)
+
+
+def published_export(directory: Path, spec: ModelSpec, cache: Path, origin: str) -> Path:
+    """The clipserve export of an immich ``directory`` holding ``spec``'s model, in the cache (keyed
+    by the graphs' content), made once; its preprocessing is the directory's own."""
+    from clipserve.cache import content_fingerprint
+    from clipserve.weights import is_current_export, onnx_cache
+
+    files = [directory / "visual" / "model.onnx", directory / "textual" / "model.onnx"]
+    missing = [str(f.relative_to(directory)) for f in files if not f.is_file()]
+    if missing:
+        raise UnsupportedModel(f"{directory} lacks {', '.join(missing)} (immich's layout)")
+    key = hashlib.sha256("".join(content_fingerprint(f, cache) for f in files).encode()).hexdigest()[:16]
+    target = onnx_cache(spec, cache, f"{IMMICH}-{key}", "fp32")
+    if not is_current_export(target):
+        _, preprocess = immich_model_config(directory)
+        convert_immich(directory, target, with_preprocess(spec, preprocess), origin)
+    return target
