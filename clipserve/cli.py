@@ -221,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from clipserve.backends.published import sources_of
     from clipserve.families.transformers_config import ARCHITECTURES
 
     specs = list_models()
@@ -230,6 +231,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         ("dim", lambda s: str(s.dim)),
         ("image", lambda s: "x".join(dict.fromkeys(map(str, s.image_size)))),
         ("tokenizer", lambda s: s.tokenizer),
+        ("torch-free", lambda s: ",".join(sources_of(s)) or "-"),
         ("licence", lambda s: s.licence),
     ]
     cells = [[value(spec) for _, value in columns] for spec in specs]
@@ -242,6 +244,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         + ". Give its directory (as save_pretrained writes it, with its processor and tokenizer) or "
         "its hub repo: --model /path/to/model-directory, or --model owner/repo; NAME=PATH names one "
         "in a server of several."
+        "\n\ntorch-free: the publishers of ready ONNX graphs of the model that clipserve reads without "
+        "torch (--source immich, clip-as-service or fastembed; the default, auto, reads immich's when "
+        "torch is not installed)."
     )
     print(
         "\nprecisions: "

@@ -193,7 +193,7 @@ def find_checkpoint(spec: ModelSpec, root: Path) -> Path:
         if path:
             return path
     if spec.url:
-        path = _download_url(spec.url, target, search, spec.sha256, spec.size)
+        path = download_url(spec.url, target, search.looked, sha256=spec.sha256, size=spec.size)
         if path:
             return path
     raise search.fail()
@@ -265,25 +265,29 @@ def _download_from_hub(spec: ModelSpec, target: Path, search: Search) -> Path | 
     return None
 
 
-def _download_url(url: str, target: Path, search: Search, sha256: str = "", size: int = 0) -> Path | None:
-    """Download ``url`` into ``target``, checked against ``sha256`` and ``size`` when given (else
-    against a checksum the URL's path carries, as OpenAI's do)."""
+def download_url(
+    url: str, target: Path, looked: list[str], *, sha256: str = "", md5: str = "", size: int = 0
+) -> Path | None:
+    """Download ``url`` into ``target``, checked against ``sha256``, ``md5`` and ``size`` when given
+    (else against a checksum the URL's path carries, as OpenAI's do). The file is written beside
+    and renamed into place once checked; a failure is recorded in ``looked`` and leaves nothing."""
     target.mkdir(parents=True, exist_ok=True)
     dest = target / Path(urllib.parse.urlparse(url).path).name
+    tmp = tempfile.NamedTemporaryFile(dir=target, delete=False, suffix=".partial")  # noqa: SIM115
     try:
-        with (
-            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
-            tempfile.NamedTemporaryFile(dir=target, delete=False) as tmp,
-        ):
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, tmp:
             total = int(response.headers.get("Content-Length") or 0) or None
-            digest = hashlib.sha256()
+            digest, md5_digest = hashlib.sha256(), hashlib.md5()
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
                 while chunk := response.read(1 << 20):
                     tmp.write(chunk)
                     digest.update(chunk)
+                    md5_digest.update(chunk)
                     bar.update(len(chunk))
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        search.looked.append(f"URL {url}: {exc}")
+        tmp.close()
+        os.unlink(tmp.name)
+        looked.append(f"URL {url}: {exc}")
         return None
     in_url = _SHA256_IN_URL.search(url)
     expected = sha256 or (in_url.group(1) if in_url else "")
@@ -293,9 +297,11 @@ def _download_url(url: str, target: Path, search: Search, sha256: str = "", size
         problem = f"{got} bytes, expected {size}"
     elif expected and digest.hexdigest() != expected:
         problem = f"checksum mismatch (got sha256 {digest.hexdigest()})"
+    elif md5 and md5_digest.hexdigest() != md5:
+        problem = f"checksum mismatch (got md5 {md5_digest.hexdigest()}, published {md5})"
     if problem:
         os.unlink(tmp.name)
-        search.looked.append(f"URL {url}: {problem}")
+        looked.append(f"URL {url}: {problem}")
         return None
     shutil.move(tmp.name, dest)
     return dest

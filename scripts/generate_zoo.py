@@ -36,8 +36,15 @@ LICENCES = {
 }
 
 
-def licence_for(tag: str) -> str:
-    """The licence of a tag's weights, or a pointer to the model card when unknown."""
+ARCH_LICENCES = {"nllb-clip": "CC-BY-NC-4.0"}
+"""Architectures whose weights have one licence whatever the tag (NLLB-CLIP: its model cards)."""
+
+
+def licence_for(arch: str, tag: str) -> str:
+    """The licence of a model's weights, or a pointer to the model card when unknown."""
+    by_arch = [prefix for prefix in ARCH_LICENCES if arch.startswith(prefix)]
+    if by_arch:
+        return ARCH_LICENCES[by_arch[0]]
     matches = [prefix for prefix in LICENCES if tag.startswith(prefix)]
     return LICENCES[max(matches, key=len)] if matches else "see model card"
 
@@ -63,7 +70,7 @@ def entry(arch: str, tag: str) -> dict:
         "quick_gelu": bool(pretrained.get("quick_gelu", False) or model_cfg.get("quick_gelu", False)),
         "hf_hub": hub,
         "url": pretrained.get("url", ""),
-        "licence": licence_for(tag),
+        "licence": licence_for(arch, tag),
     }
 
 

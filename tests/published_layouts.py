@@ -50,12 +50,8 @@ def immich_layout(model: nn.Module, arch: str, target: Path, static_batch: bool 
     context = config["text_cfg"].get("context_length", 77)
     axes = (lambda name: {name: {0: "batch"}}) if not static_batch else (lambda name: None)
     suffix = "" if static_batch else "_embedding"
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # its fused op has no ONNX form in the tracer
-    try:
+    with _no_fastpath():
         _export_towers(model, target, size, context, axes, suffix)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
     (target / "textual" / "model.armnn").write_bytes(b"ARM NN build: never fetched")
     return target
 
@@ -105,3 +101,152 @@ def prefill_hub_cache(directory: Path, repo: str, hub_cache: Path) -> Path:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
     return snapshot
+
+
+class MaskedText(nn.Module):
+    """open_clip's ``encode_text`` fed as transformers-style graphs are (``input_ids`` and
+    ``attention_mask``): the mask zeroes the embeddings of padding, which the causal attention
+    keeps from the pooled end token anyway, so only a wrong mask (one hiding a real token) changes
+    the vector."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from open_clip.transformer import text_global_pool
+
+        model, ids = self.model, input_ids.long()
+        x = model.token_embedding(ids) * attention_mask.unsqueeze(-1).float()
+        x = model.transformer(x + model.positional_embedding, attn_mask=model.attn_mask)
+        states = model.ln_final(x)
+        pooled = text_global_pool(states, ids, model.text_pool_type)
+        return pooled @ model.text_projection, states
+
+
+class Visual(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_image(pixel_values), pixel_values.mean(dim=(2, 3))
+
+
+def _dynamic(*names: str) -> dict:
+    return {name: {0: "batch"} for name in names}
+
+
+def clip_as_service_layout(model: nn.Module, size: int, target: Path, zipped: bool = False) -> dict[str, str]:
+    """``model`` as clip-as-service keeps it: ``textual.onnx`` (``input_ids``, ``attention_mask``
+    int32 ``[N, 77]``) and ``visual.onnx`` (``pixel_values``; with ``zipped``, a ``visual.zip`` of
+    the graph and its external data), outputs not normalised, a second output after the first.
+    Returns ``{part: md5}`` of the files as published."""
+    import onnx
+
+    model = model.eval()
+    target.mkdir(parents=True)
+    with _no_fastpath(), torch.no_grad():
+        torch.onnx.export(
+            MaskedText(model),
+            (torch.ones(2, 77, dtype=torch.int32), torch.ones(2, 77, dtype=torch.int32)),
+            str(target / "textual.onnx"),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["text_embeds", "last_hidden_state"],
+            dynamic_axes=_dynamic("input_ids", "attention_mask"),
+            opset_version=17,
+            dynamo=False,
+        )
+        torch.onnx.export(
+            Visual(model),
+            (torch.randn(2, 3, size, size),),
+            str(target / "visual.onnx"),
+            input_names=["pixel_values"],
+            output_names=["image_embeds", "pooled"],
+            dynamic_axes=_dynamic("pixel_values"),
+            opset_version=17,
+            dynamo=False,
+        )
+    if zipped:
+        graph = onnx.load(str(target / "visual.onnx"))
+        staging = target / "zipped"
+        staging.mkdir()
+        onnx.save_model(
+            graph, str(staging / "visual.onnx"), save_as_external_data=True, location="visual.data"
+        )
+        import zipfile
+
+        with zipfile.ZipFile(target / "visual.zip", "w") as archive:
+            for path in staging.iterdir():
+                archive.write(path, path.name)
+        shutil.rmtree(staging)
+        (target / "visual.onnx").unlink()
+    published = {
+        "textual": target / "textual.onnx",
+        "visual": target / ("visual.zip" if zipped else "visual.onnx"),
+    }
+    return {part: hashlib.md5(path.read_bytes()).hexdigest() for part, path in published.items()}
+
+
+def fastembed_layout(model: nn.Module, vision: Path, text: Path) -> None:
+    """``model`` as fastembed's two repos hold ViT-B-32: each a flat ``model.onnx`` exported from
+    transformers (``pixel_values``; ``input_ids`` and ``attention_mask`` int64), outputs not
+    normalised, ``preprocessor_config.json`` (a ``CLIPImageProcessor``) beside the vision one."""
+    import open_clip
+
+    model = model.eval()
+    vision.mkdir(parents=True)
+    text.mkdir(parents=True)
+    with _no_fastpath(), torch.no_grad():
+        torch.onnx.export(
+            Visual(model),
+            (torch.randn(2, 3, 224, 224),),
+            str(vision / "model.onnx"),
+            input_names=["pixel_values"],
+            output_names=["image_embeds", "last_hidden_state"],
+            dynamic_axes=_dynamic("pixel_values"),
+            opset_version=17,
+            dynamo=False,
+        )
+        torch.onnx.export(
+            MaskedText(model),
+            (torch.ones(2, 77, dtype=torch.int64), torch.ones(2, 77, dtype=torch.int64)),
+            str(text / "model.onnx"),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["text_embeds", "last_hidden_state"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "length"},
+                "attention_mask": {0: "batch", 1: "length"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    processor = {
+        "crop_size": {"height": 224, "width": 224},
+        "do_center_crop": True,
+        "do_normalize": True,
+        "do_resize": True,
+        "image_mean": list(open_clip.OPENAI_DATASET_MEAN),
+        "image_std": list(open_clip.OPENAI_DATASET_STD),
+        "image_processor_type": "CLIPImageProcessor",
+        "resample": 3,
+        "size": {"shortest_edge": 224},
+    }
+    (vision / "preprocessor_config.json").write_text(json.dumps(processor))
+    (vision / "config.json").write_text(
+        json.dumps({"model_type": "clip_vision_model", "projection_dim": 512})
+    )
+    (text / "config.json").write_text(json.dumps({"model_type": "clip_text_model", "pad_token_id": 1}))
+
+
+class _no_fastpath:
+    """nn.MultiheadAttention's fused op has no ONNX form in the tracer: off while exporting."""
+
+    def __enter__(self) -> None:
+        self.was = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.backends.mha.set_fastpath_enabled(self.was)

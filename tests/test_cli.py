@@ -14,7 +14,15 @@ def test_models_lists_the_table(capsys) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     table, transformers, precisions = out.split("\n\n")
-    assert table.splitlines()[0].split() == ["name", "family", "dim", "image", "tokenizer", "licence"]
+    assert table.splitlines()[0].split() == [
+        "name",
+        "family",
+        "dim",
+        "image",
+        "tokenizer",
+        "torch-free",
+        "licence",
+    ]
     rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
     assert "transformers model of these classes: CLIPModel" in transformers
     assert precisions.strip() == (

@@ -137,3 +137,121 @@ def test_an_export_published_in_the_hub_layout_loads_by_hf_hub(
     inputs = [str(photo_paths[0]), "a photo of a cat"]
     assert published.spec.name == NAME and published.info()["licence"] == "MIT"
     assert cosines(published.encode(inputs), encoder_for(NAME, "onnx").encode(inputs)).min() >= 0.99999
+
+
+@pytest.fixture
+def loopback_files():
+    """``serve(directory) -> base URL``: a static file server on 127.0.0.1 (a stand-in of a
+    publisher's storage), stopped at the end."""
+    import functools
+    import http.server
+    import threading
+
+    servers = []
+
+    def serve(directory) -> str:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+        handler.log_message = lambda *args: None
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+
+
+def with_table(monkeypatch, source: str, entry: dict) -> None:
+    """The published-models table with ``source``'s entry of ViT-B-32 replaced (the stand-in's)."""
+    from clipserve.backends import published
+
+    table = {name: dict(models) for name, models in published.published_models().items()}
+    table[source][NAME] = entry
+    monkeypatch.setattr(published, "published_models", lambda: table)
+    for variable in ("CLIPSERVE_OFFLINE", "HF_HUB_OFFLINE"):  # the stand-in storage is on loopback
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zipped", [False, True])
+def test_clip_as_service_files_give_open_clips_vectors(
+    random_model, reference, photo_paths, new_encoder, tmp_path, monkeypatch, loopback_files, zipped
+) -> None:
+    from tests.published_layouts import clip_as_service_layout
+
+    model = random_model(NAME)
+    storage = tmp_path / "storage"
+    md5 = clip_as_service_layout(model.model, 224, storage / "ViT-B-32", zipped=zipped)
+    visual = "ViT-B-32/visual.zip" if zipped else "ViT-B-32/visual.onnx"
+    with_table(
+        monkeypatch,
+        "clip-as-service",
+        {"textual": ["ViT-B-32/textual.onnx", md5["textual"]], "visual": [visual, md5["visual"]]},
+    )
+    monkeypatch.setenv("CLIPSERVE_CLIP_AS_SERVICE_URL", loopback_files(storage))
+    encoder = new_encoder(NAME, source="clip-as-service", cache_dir=tmp_path / "cache")
+    assert encoder.info()["published_by"] == "clip-as-service"
+    vectors = np.concatenate([encoder.encode(photo_paths[:4]), encoder.encode_text(AWKWARD_TEXTS)])
+    assert cosines(vectors, np.concatenate([reference[:4], reference[len(photo_paths) :]])).min() >= 0.99999
+    assert_mask_covers_the_real_tokens(encoder, model)
+
+
+def assert_mask_covers_the_real_tokens(encoder, model) -> None:
+    """The attention mask computed in the graph covers every token up to the end token, id 0
+    (CLIP's "!" piece) included: a mask of ``ids != 0`` would hide it and change the vector."""
+    import torch
+
+    ids = model.tokenizer(["a photo of a cat", "two dogs"])
+    ids[:, 2] = 0
+    with torch.no_grad():
+        expected = model.model.encode_text(ids).numpy()
+    assert cosines(encoder.pipeline.model.backend.encode_text(ids.numpy()), expected).min() >= 0.99999
+
+
+def test_a_clip_as_service_file_failing_its_md5_is_refused_and_not_kept(
+    random_model, tmp_path, monkeypatch, loopback_files
+) -> None:
+    from clipserve.encoder import Encoder
+    from tests.published_layouts import clip_as_service_layout
+
+    storage = tmp_path / "storage"
+    md5 = clip_as_service_layout(random_model(NAME).model, 224, storage / "ViT-B-32")
+    wrong = "0" * 32
+    entry = {"textual": ["ViT-B-32/textual.onnx", md5["textual"]], "visual": ["ViT-B-32/visual.onnx", wrong]}
+    with_table(monkeypatch, "clip-as-service", entry)
+    monkeypatch.setenv("CLIPSERVE_CLIP_AS_SERVICE_URL", loopback_files(storage))
+    with pytest.raises(
+        WeightsUnavailable, match=r"visual.onnx could not be fetched: .*checksum mismatch \(got md5"
+    ):
+        Encoder(NAME, source="clip-as-service", cache_dir=tmp_path / "cache")
+    folder = tmp_path / "cache" / "published" / "clip-as-service" / "ViT-B-32"
+    assert sorted(p.name for p in folder.iterdir()) == ["textual.onnx"]  # nothing half-written
+
+
+@pytest.mark.slow
+def test_fastembed_repos_give_open_clips_vectors(
+    random_model, reference, photo_paths, new_encoder, tmp_path, monkeypatch
+) -> None:
+    from tests.published_layouts import fastembed_layout
+
+    model = random_model(NAME)
+    fastembed_layout(model.model, tmp_path / "vision", tmp_path / "text")
+    for part in ("vision", "text"):
+        prefill_hub_cache(tmp_path / part, f"Qdrant/clip-ViT-B-32-{part}", tmp_path / "cache" / "hub")
+    monkeypatch.setenv("CLIPSERVE_OFFLINE", "1")
+    encoder = new_encoder(NAME, source="fastembed", cache_dir=tmp_path / "cache")
+    assert encoder.info()["published_by"] == "fastembed"
+    vectors = np.concatenate([encoder.encode(photo_paths[:4]), encoder.encode_text(AWKWARD_TEXTS)])
+    assert cosines(vectors, np.concatenate([reference[:4], reference[len(photo_paths) :]])).min() >= 0.99999
+    assert_mask_covers_the_real_tokens(encoder, model)
+
+
+def test_the_table_names_what_each_publisher_has() -> None:
+    from clipserve.backends.published import sources_of
+
+    assert sources_of(get_spec(NAME)) == ["immich", "clip-as-service", "fastembed"]
+    assert immich_repo(get_spec("ViT-B-32::laion2b_s34b_b79k")) == "immich-app/ViT-B-32__laion2b-s34b-b79k"
+    assert sources_of(get_spec("nllb-clip-base-siglip::v1")) == ["immich"]
+    assert get_spec("nllb-clip-base-siglip::v1").licence == "CC-BY-NC-4.0"
+    assert sources_of(get_spec("RN50::cc12m")) == ["immich", "clip-as-service"]

@@ -1,24 +1,38 @@
 """Torch-free weights: the ONNX exports that others publish, made into clipserve's export layout.
 
-immich publishes ready ONNX graphs of about 57 open_clip and M-CLIP models on the Hugging Face hub
-(``immich-app/ViT-B-32__openai``): a root ``config.json`` (open_clip's model config), then
-``visual/model.onnx`` with ``visual/preprocess_cfg.json`` (open_clip's preprocessing) and
-``textual/model.onnx`` with the tokenizer files. Reading them needs ONNX Runtime and ``onnx``
-only, so a torch-free install serves a zoo model by its name.
+Three publishers (which zoo models each has: ``published_models.json``):
+
+- **immich** publishes 54 open_clip and 4 M-CLIP models on the Hugging Face hub
+  (``immich-app/ViT-B-32__openai``): a root ``config.json`` (open_clip's model config), then
+  ``visual/model.onnx`` (``image`` float32) with ``visual/preprocess_cfg.json`` (open_clip's
+  preprocessing) and ``textual/model.onnx`` (``text`` int32) with the tokenizer files; outputs
+  normalised in the graph.
+- **clip-as-service** keeps ``textual.onnx`` (``input_ids`` and ``attention_mask``, int32) and
+  ``visual.onnx`` (``pixel_values``) of 29 models under its storage URL, with an md5 each (some
+  as zips with their external data); outputs not normalised.
+- **fastembed** reads two hub repos for ViT-B-32 (``Qdrant/clip-ViT-B-32-vision``, ``-text``), each
+  a flat ``model.onnx`` exported from transformers (``pixel_values``; ``input_ids`` and
+  ``attention_mask``, int64) with ``preprocessor_config.json`` and the tokenizer files.
+
+Reading them needs ONNX Runtime and ``onnx`` only, so a torch-free install serves a zoo model by
+its name.
 
 A published graph becomes an export directory clipserve runs as its own (``image.onnx``,
 ``text.onnx``, ``clipserve.json``), with only these changes, made with ``onnx``:
 
 - the inputs are renamed to clipserve's (``pixels``, ``tokens``), an int32 token input gets a
-  ``Cast`` from clipserve's int64 in front of it, and the first output, whatever its name,
-  becomes ``embeddings`` (later outputs are dropped);
+  ``Cast`` from clipserve's int64 in front of it, an attention mask is computed in the graph from
+  the tokens (1 up to the end token, the highest id: the real tokens), and the first output,
+  whatever its name, becomes ``embeddings`` (later outputs are dropped);
 - a static batch axis of 1 (immich's newer exports) is made dynamic, and the rewrite kept only
   when a batch of two gives the same vectors as two runs of one; otherwise the graph stays static
   and runs item by item (``clipserve.json``: ``"batch": 1``).
 
 Vectors are normalised once by clipserve whether or not the graph already normalised them. The
-preprocessing is the repo's own ``preprocess_cfg.json`` over the zoo entry's; text is tokenised as
-the zoo entry says (CLIP's BPE, as open_clip, or the Hugging Face tokenizer the repo ships).
+preprocessing is the publisher's own (``preprocess_cfg.json``, ``preprocessor_config.json``) over
+the zoo entry's; text is tokenised as the zoo entry says (CLIP's BPE, as open_clip does), padded
+with 0 to the graph's fixed length (77): a fixed-length graph cannot cut a batch of short texts at
+their longest one, as clipserve's own exports do.
 """
 
 from __future__ import annotations
@@ -27,6 +41,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import shutil
+import zipfile
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +59,27 @@ from clipserve.zoo import ModelSpec, with_preprocess
 log = logging.getLogger(__name__)
 
 IMMICH = "immich"
-SOURCES = (IMMICH,)
+CLIP_AS_SERVICE = "clip-as-service"
+FASTEMBED = "fastembed"
+SOURCES = (IMMICH, CLIP_AS_SERVICE, FASTEMBED)
 """The publishers whose ONNX exports clipserve reads."""
 IMMICH_ORG = "immich-app"
+CLIP_AS_SERVICE_URL = (
+    "https://clip-as-service.s3.us-east-2.amazonaws.com/models-436c69702d61732d53657276696365/onnx/"
+)
+"""Where clip-as-service keeps its ONNX files (``CLIPSERVE_CLIP_AS_SERVICE_URL`` names a mirror)."""
+FASTEMBED_FILES = (
+    "model.onnx*",
+    "config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+MASK = "attention mask from tokens"
+"""The ``new`` of an input fed with the mask of the real tokens (see the module docstring)."""
+TOKENS_AND_MASK = {"input_ids": ("tokens", TensorProto.INT64), "attention_mask": (MASK, TensorProto.INT64)}
+"""How a transformers-style text graph is fed: ids from clipserve's tokens, the mask computed."""
 IMMICH_FILES = (
     "config.json",
     "visual/model.onnx*",
@@ -62,12 +99,30 @@ LARGE_GRAPH = 1_800_000_000
 DYNAMIC_TOLERANCE = 1e-5
 
 
+@cache
+def published_models() -> dict[str, dict]:
+    """Publisher → {zoo name → what it publishes} (``published_models.json``)."""
+    table = json.loads(resources.files("clipserve").joinpath("published_models.json").read_text())
+    return {source: table[source] for source in SOURCES}
+
+
+def sources_of(spec: ModelSpec) -> list[str]:
+    """The publishers of ready ONNX graphs of ``spec``'s weights that clipserve reads."""
+    readable = spec.family == "open_clip"
+    return [s for s, models in published_models().items() if readable and spec.name in models]
+
+
+def immich_model(repo_name: str) -> str | None:
+    """The zoo model of an immich repo name (``ViT-B-32__laion2b-s34b-b79k``), if it is one."""
+    return next((zoo for zoo, name in published_models()[IMMICH].items() if name == repo_name), None)
+
+
 def immich_repo(spec: ModelSpec) -> str:
-    """immich's hub repo of a zoo model: ``ViT-B-32::openai`` → ``immich-app/ViT-B-32__openai``,
-    ``M-CLIP/X`` → ``immich-app/X``."""
-    if spec.family == "mclip":
-        return f"{IMMICH_ORG}/{spec.name.split('/', 1)[1]}"
-    return f"{IMMICH_ORG}/{spec.arch}__{spec.tag}"
+    """immich's hub repo of a zoo model (``ViT-B-32::openai`` → ``immich-app/ViT-B-32__openai``)."""
+    name = published_models()[IMMICH].get(spec.name)
+    if name is None:
+        raise WeightsUnavailable(f"immich publishes no ONNX export of {spec.name}")
+    return f"{IMMICH_ORG}/{name}"
 
 
 def is_immich_dir(path: Path) -> bool:
@@ -90,39 +145,59 @@ def immich_model_config(path: Path) -> tuple[dict, dict]:
 def convert_immich(source: Path, out_dir: Path, spec: ModelSpec, origin: str) -> Path:
     """Write ``source`` (an immich directory of ``spec``'s model, its preprocessing already in
     ``spec``) as a clipserve fp32 export into ``out_dir``; ``origin`` (a repo or a path) is recorded."""
-    image, text = source / "visual" / "model.onnx", source / "textual" / "model.onnx"
-    if not image.is_file() or not text.is_file():
-        raise UnsupportedModel(f"{source} lacks visual/model.onnx or textual/model.onnx (immich's layout)")
+    tokenizer = source / "textual" if (source / "textual" / "tokenizer.json").is_file() else None
+    repo = origin if origin.startswith(f"{IMMICH_ORG}/") else None
+    return write_export(
+        spec,
+        out_dir,
+        (source / "visual" / "model.onnx", {"image": ("pixels", TensorProto.FLOAT)}),
+        (source / "textual" / "model.onnx", {"text": ("tokens", TensorProto.INT64)}),
+        {"source": origin, "published_by": IMMICH, "published_repo": repo},
+        tokenizer,
+    )
+
+
+def write_export(
+    spec: ModelSpec,
+    out_dir: Path,
+    image: tuple[Path, dict[str, tuple[str, int]]],
+    text: tuple[Path, dict[str, tuple[str, int]]],
+    origin: dict[str, str | None],
+    tokenizer: Path | None = None,
+) -> Path:
+    """A clipserve fp32 export in ``out_dir`` of a publisher's ``image`` and ``text`` graphs, each
+    with how its inputs are fed (:func:`adapt_graph`); ``origin`` says where they came from."""
+    for graph, _ in (image, text):
+        if not graph.is_file():
+            raise UnsupportedModel(f"{graph} is missing")
     with staged_dir(out_dir) as staging:
-        image_batch = adapt_graph(image, staging / "image.onnx", {"image": ("pixels", TensorProto.FLOAT)})
-        text_batch = adapt_graph(text, staging / "text.onnx", {"text": ("tokens", TensorProto.INT64)})
-        tokenizer = source / "textual" if (source / "textual" / "tokenizer.json").is_file() else None
+        image_batch = adapt_graph(image[0], staging / "image.onnx", image[1])
+        text_batch = adapt_graph(text[0], staging / "text.onnx", text[1])
         meta = {
             "model": spec.name,
             "spec": dataclasses.asdict(spec),
             "arch": spec.arch,
             "dim": spec.dim,
-            # Not in immich's files: CLIP's trained temperature, clamped at 100 in training (only
-            # /rank's softmax uses it; cosines and orderings do not).
+            # Not in the publishers' files: CLIP's trained temperature, clamped at 100 in training
+            # (only /rank's softmax uses it; cosines and orderings do not).
             "logit_scale": 100.0,
             "text_dynamic_length": False,
             "export_format": EXPORT_FORMAT,
             "precision": "fp32",
-            "source": origin,
-            "published_by": IMMICH,
-            "published_repo": origin if origin.startswith(f"{IMMICH_ORG}/") else None,
+            **origin,
             "batch": {"image": image_batch, "text": text_batch},
             "licence": spec.licence,
         }
         write_export_meta(staging, meta, tokenizer)
-    log.info("%s: immich's graphs made into a clipserve export in %s", spec.name, out_dir)
+    log.info("%s: %s's graphs made into a clipserve export in %s", spec.name, origin["published_by"], out_dir)
     return out_dir
 
 
 def adapt_graph(source: Path, target: Path, inputs: dict[str, tuple[str, int]]) -> int | None:
-    """``source`` with its inputs renamed (and cast) as ``inputs`` says (``old: (new, dtype)``) and
-    its first output named ``embeddings``, saved at ``target``. Returns ``None`` when the batch axis
-    is dynamic (given so, or made so and checked), else the static batch size (1)."""
+    """``source`` with its inputs fed as ``inputs`` says (``old: (new, dtype)``: renamed, cast from
+    clipserve's ``dtype``, or with ``new`` :data:`MASK` computed from the tokens) and its first
+    output named ``embeddings``, saved at ``target``. Returns ``None`` when the batch axis is
+    dynamic (given so, or made so and checked), else the static batch size (1)."""
     model = onnx.load(str(source))
     graph = model.graph
     initialisers = {i.name for i in graph.initializer}
@@ -131,8 +206,12 @@ def adapt_graph(source: Path, target: Path, inputs: dict[str, tuple[str, int]]) 
         raise UnsupportedModel(
             f"{source} takes {sorted(given)}; a published graph of this layout takes {sorted(inputs)}"
         )
-    for old, (new, dtype) in inputs.items():
-        _retype_input(graph, given[old], new, dtype, source)
+    prefix: list[onnx.NodeProto] = []
+    for old, (new, dtype) in sorted(inputs.items(), key=lambda item: item[1][0] == MASK):
+        prefix += _fed_input(graph, given[old], new, dtype, source)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*prefix, *nodes])
     if not graph.output:
         raise UnsupportedModel(f"{source} has no output")
     first = graph.output[0]
@@ -143,12 +222,8 @@ def adapt_graph(source: Path, target: Path, inputs: dict[str, tuple[str, int]]) 
     dim = dims[1].dim_value or None
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", dim]))
-    static = [
-        d.dim_value
-        for i in graph.input
-        if i.name not in initialisers
-        for d in i.type.tensor_type.shape.dim[:1]
-    ]
+    inputs_now = [i for i in graph.input if i.name not in initialisers]
+    static = [d.dim_value for i in inputs_now for d in i.type.tensor_type.shape.dim[:1]]
     del graph.value_info[:]  # shapes inferred for batch 1 would contradict a dynamic batch
     if not any(static):
         _save(model, target)
@@ -165,29 +240,54 @@ def adapt_graph(source: Path, target: Path, inputs: dict[str, tuple[str, int]]) 
     return batch
 
 
-def _retype_input(
+def _fed_input(
     graph: onnx.GraphProto, value: onnx.ValueInfoProto, new: str, dtype: int, source: Path
-) -> None:
-    """Make graph input ``value`` the input ``new`` of ``dtype`` (a Cast to the old type for ids)."""
+) -> list[onnx.NodeProto]:
+    """Make graph input ``value`` fed by clipserve's input ``new`` of ``dtype`` (or, for :data:`MASK`,
+    by the mask of the real tokens); returns the nodes to put first."""
     old, old_type = value.name, value.type.tensor_type.elem_type
-    allowed = (TensorProto.FLOAT,) if dtype == TensorProto.FLOAT else (TensorProto.INT32, TensorProto.INT64)
+    ids = (TensorProto.INT32, TensorProto.INT64)
+    allowed = (TensorProto.FLOAT,) if dtype == TensorProto.FLOAT else ids
     if old_type not in allowed:
         raise UnsupportedModel(
             f"{source}: input {old!r} is {TensorProto.DataType.Name(old_type)}, not "
             f"{' or '.join(TensorProto.DataType.Name(t) for t in allowed)}"
         )
     shape = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-    replacement = helper.make_tensor_value_info(new, dtype, shape)
     position = list(graph.input).index(value)
     graph.input.remove(value)
-    graph.input.insert(position, replacement)
+    if new == MASK:
+        return _real_token_mask(graph, old, old_type)
+    graph.input.insert(position, helper.make_tensor_value_info(new, dtype, shape))
     if old_type == dtype:
         for node in graph.node:
             node.input[:] = [new if name == old else name for name in node.input]
-    else:
-        graph.node.insert(
-            0, helper.make_node("Cast", [new], [old], to=old_type, name=f"clipserve_cast_{new}")
-        )
+        return []
+    return [helper.make_node("Cast", [new], [old], to=old_type, name=f"clipserve_cast_{new}")]
+
+
+def _real_token_mask(graph: onnx.GraphProto, output: str, dtype: int) -> list[onnx.NodeProto]:
+    """Nodes computing ``output`` (of ``dtype``): 1 at each position up to the end token of each row
+    of ``tokens`` (the highest id, as CLIP's BPE pools), 0 after it: the padding."""
+    graph.initializer.extend(
+        [
+            helper.make_tensor("clipserve_zero", TensorProto.INT64, [], [0]),
+            helper.make_tensor("clipserve_one", TensorProto.INT64, [], [1]),
+            helper.make_tensor("clipserve_axis", TensorProto.INT64, [], [1]),
+        ]
+    )
+    step = "clipserve_mask"
+    return [
+        helper.make_node("Shape", ["tokens"], [f"{step}_shape"]),
+        helper.make_node("Gather", [f"{step}_shape", "clipserve_axis"], [f"{step}_length"], axis=0),
+        helper.make_node(
+            "Range", ["clipserve_zero", f"{step}_length", "clipserve_one"], [f"{step}_positions"]
+        ),
+        helper.make_node("ArgMax", ["tokens"], [f"{step}_end"], axis=1, keepdims=1),
+        helper.make_node("Add", [f"{step}_end", "clipserve_one"], [f"{step}_limit"]),
+        helper.make_node("Less", [f"{step}_positions", f"{step}_limit"], [f"{step}_bool"]),
+        helper.make_node("Cast", [f"{step}_bool"], [output], to=dtype),
+    ]
 
 
 def _set_batch(graph: onnx.GraphProto, initialisers: set[str], batch: int | str) -> None:
@@ -357,20 +457,119 @@ __all__ = [
     "fetch_immich",
     "fetch_snapshot",
     "hub_layout",
+    "immich_model",
     "immich_repo",
     "is_immich_dir",
     "published_export",
     "published_fp32",
+    "sources_of",
 ]
 
 
 def published_fp32(spec: ModelSpec, source: str, cache: Path) -> Path:
-    """The fp32 export of zoo model ``spec`` made from ``source``'s published graphs, downloaded
-    and verified, then made into an export in the cache once."""
+    """The fp32 export of zoo model ``spec`` made from ``source``'s published graphs: downloaded
+    and verified, then made into an export in the cache, once."""
+    from clipserve.weights import is_current_export, onnx_cache
+
     if source not in SOURCES:
         raise UnsupportedModel(f"unknown weight source {source!r}; published ones: {', '.join(SOURCES)}")
-    repo = immich_repo(spec)
-    return published_export(fetch_immich(repo, cache), spec, cache, repo)
+    if source not in sources_of(spec):
+        have = ", ".join(sources_of(spec)) or "none"
+        raise WeightsUnavailable(
+            f"{source} publishes no ONNX export of {spec.name} (publishers that do: {have})"
+        )
+    if source == IMMICH:
+        repo = immich_repo(spec)
+        return published_export(fetch_immich(repo, cache), spec, cache, repo)
+    target = onnx_cache(spec, cache, f"{spec.tag}@{source}", "fp32")
+    if is_current_export(target):
+        return target
+    if source == CLIP_AS_SERVICE:
+        files = fetch_clip_as_service(spec, cache)
+        return write_export(
+            spec,
+            target,
+            (files["visual"], {"pixel_values": ("pixels", TensorProto.FLOAT)}),
+            (files["textual"], TOKENS_AND_MASK),
+            {"source": clip_as_service_url(), "published_by": CLIP_AS_SERVICE, "published_repo": None},
+        )
+    repos = published_models()[FASTEMBED][spec.name]
+    vision, text = (fetch_snapshot(repos[part], cache, FASTEMBED_FILES) for part in ("vision", "text"))
+    processor = json.loads((vision / "preprocessor_config.json").read_text())
+    return write_export(
+        with_preprocess(spec, transformers_preprocess(processor)),
+        target,
+        (vision / "model.onnx", {"pixel_values": ("pixels", TensorProto.FLOAT)}),
+        (text / "model.onnx", TOKENS_AND_MASK),
+        {"source": f"{repos['vision']}, {repos['text']}", "published_by": FASTEMBED, "published_repo": None},
+    )
+
+
+def transformers_preprocess(processor: dict) -> dict:
+    """A transformers ``CLIPImageProcessor`` config as open_clip's preprocess config: resize of the
+    shortest edge with PIL's ``resample`` (3: bicubic, 2: bilinear), centre crop, mean and std."""
+    crop = processor.get("crop_size", {})
+    side = crop.get("height", crop) if isinstance(crop, dict) else crop
+    converted = {
+        "resize_mode": "shortest",
+        "interpolation": {2: "bilinear"}.get(processor.get("resample"), "bicubic"),
+    }
+    if side:
+        converted["size"] = side
+    if "image_mean" in processor:
+        converted["mean"], converted["std"] = processor["image_mean"], processor["image_std"]
+    return converted
+
+
+def clip_as_service_url() -> str:
+    return os.environ.get("CLIPSERVE_CLIP_AS_SERVICE_URL", CLIP_AS_SERVICE_URL)
+
+
+def fetch_clip_as_service(spec: ModelSpec, cache: Path) -> dict[str, Path]:
+    """clip-as-service's ``textual`` and ``visual`` graphs of ``spec``, downloaded from its storage
+    URL (or the cache), each checked against its published md5; a zip (a graph with its external
+    data) is unpacked beside it.
+
+    Raises:
+        WeightsUnavailable: offline with nothing cached, or a download failed or mismatched (nothing
+            is left of it).
+    """
+    from clipserve.weights import download_url, offline
+
+    entry = published_models()[CLIP_AS_SERVICE][spec.name]
+    found = {}
+    for part in ("textual", "visual"):
+        name, md5 = entry[part]
+        folder = cache / "published" / CLIP_AS_SERVICE / Path(name).parent
+        graph = folder / f"{part}.onnx"
+        if not graph.is_file():
+            looked: list[str] = []
+            if offline():
+                raise WeightsUnavailable(
+                    f"clip-as-service's {name} is not in {folder}, and downloads are off"
+                )
+            downloaded = download_url(clip_as_service_url() + name, folder, looked, md5=md5)
+            if downloaded is None:
+                raise WeightsUnavailable(
+                    f"clip-as-service's {name} could not be fetched: {'; '.join(looked)}"
+                )
+            if downloaded.suffix == ".zip":
+                _unpack(downloaded, folder, f"{part}.onnx")
+        found[part] = graph
+    return found
+
+
+def _unpack(archive: Path, folder: Path, graph: str) -> None:
+    """A zip of a graph and its external data, unpacked flat into ``folder`` (by base names only:
+    no entry writes outside it)."""
+    with zipfile.ZipFile(archive) as unzipped:
+        members = [info for info in unzipped.infolist() if not info.is_dir()]
+        if graph not in {Path(info.filename).name for info in members}:
+            raise WeightsUnavailable(f"{archive} does not hold {graph} (clip-as-service's zips do)")
+        for info in members:
+            with unzipped.open(info) as member, (folder / Path(info.filename).name).open("wb") as out:
+                shutil.copyfileobj(member, out)
+    archive.unlink()
 
 
 def published_export(directory: Path, spec: ModelSpec, cache: Path, origin: str) -> Path:

@@ -16,6 +16,7 @@ from clipserve.backends.published import (
     IMMICH_ORG,
     fetch_immich,
     fetch_snapshot,
+    immich_model,
     is_immich_dir,
     published_export,
 )
@@ -103,10 +104,10 @@ def _from_immich(
 ) -> tuple[ModelSpec, EngineSettings]:
     """An immich directory (a local copy, or a hub snapshot) of a zoo model, named by ``zoo_name``
     or by its own name (``ViT-B-32__openai``), made into a clipserve export in the cache."""
-    known = zoo_name or canonical_name(origin.rstrip("/").rsplit("/", 1)[-1].replace("__", "::"))
+    known = zoo_name or immich_model(origin.rstrip("/").rsplit("/", 1)[-1])
     if known is None:
         raise UnsupportedModel(
-            f"{origin} is in immich's layout, but its name is not a zoo model's (ARCH__TAG): name its model "
+            f"{origin} is in immich's layout, but its name is not one of immich's models: name its model "
             f"and pass it as weights (Encoder('ARCH::TAG', weights={origin!r}))"
         )
     spec = get_spec(known)
