@@ -31,21 +31,31 @@ class ImmichText(nn.Module):
         return self.model.encode_text(text.long(), normalize=True)
 
 
-def immich_layout(model: nn.Module, arch: str, target: Path, static_batch: bool = True) -> Path:
+def immich_layout(
+    model: nn.Module,
+    arch: str | dict,
+    target: Path,
+    static_batch: bool = True,
+    preprocess: dict | None = None,
+    tokenizer: Path | None = None,
+) -> Path:
     """``model`` as immich publishes it: ``config.json``, ``visual/model.onnx`` (``image`` float32
     ``[1,3,S,S]``) with ``visual/preprocess_cfg.json``, ``textual/model.onnx`` (``text`` int32
     ``[1,L]``), both normalised in the graph, output ``embedding``; with ``static_batch=False``
-    the 2023 exports' dynamic batch and names (``image_embedding``…)."""
+    the 2023 exports' dynamic batch and names (``image_embedding``…). ``arch`` is an open_clip
+    architecture or a model config; ``preprocess`` replaces open_clip's preprocess config of the
+    model, and ``tokenizer``'s files are copied into ``textual/``."""
     import open_clip
 
     model = model.eval()
     (target / "visual").mkdir(parents=True)
     (target / "textual").mkdir()
-    config = open_clip.get_model_config(arch)
+    config = open_clip.get_model_config(arch) if isinstance(arch, str) else arch
     (target / "config.json").write_text(json.dumps(config))
-    (target / "visual" / "preprocess_cfg.json").write_text(
-        json.dumps(open_clip.get_model_preprocess_cfg(model))
-    )
+    preprocess = preprocess if preprocess is not None else open_clip.get_model_preprocess_cfg(model)
+    (target / "visual" / "preprocess_cfg.json").write_text(json.dumps(preprocess))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json") if tokenizer else ():
+        shutil.copy(tokenizer / name, target / "textual" / name)
     size = config["vision_cfg"]["image_size"]
     context = config["text_cfg"].get("context_length", 77)
     axes = (lambda name: {name: {0: "batch"}}) if not static_batch else (lambda name: None)

@@ -255,3 +255,43 @@ def test_the_table_names_what_each_publisher_has() -> None:
     assert sources_of(get_spec("nllb-clip-base-siglip::v1")) == ["immich"]
     assert get_spec("nllb-clip-base-siglip::v1").licence == "CC-BY-NC-4.0"
     assert sources_of(get_spec("RN50::cc12m")) == ["immich", "clip-as-service"]
+
+
+@pytest.mark.slow
+def test_an_immich_siglip_squashes_and_canonicalises_as_open_clip(photo_paths, new_encoder, tmp_path) -> None:
+    """SigLIP as immich publishes it: squash resize (no crop), mean and std 0.5, its own Hugging
+    Face tokenizer in ``textual/`` with open_clip's canonical cleaning, a 64-token text graph. A tiny
+    random SigLIP (tests/tiny_models.py) stands in for the real one's weights."""
+    import open_clip
+    import torch
+
+    from tests.tiny_models import build_open_clip, open_clip_reference
+
+    source = tmp_path / "tiny"
+    model = build_open_clip("siglip", source)
+    model_cfg = json.loads((source / "open_clip_config.json").read_text())["model_cfg"]
+    preprocess = {
+        "size": [224, 224],
+        "mode": "RGB",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "interpolation": "bicubic",
+        "resize_mode": "squash",
+        "fill_color": 0,
+    }
+    immich = immich_layout(
+        model, model_cfg, tmp_path / "ViT-B-16-SigLIP__webli", preprocess=preprocess, tokenizer=source
+    )
+    encoder = new_encoder(str(immich), cache_dir=tmp_path / "cache")
+    assert encoder.spec.resize_mode == "squash" and encoder.spec.tokenizer_clean == "canonicalize"
+    transform = open_clip.image_transform(
+        224, is_train=False, mean=(0.5,) * 3, std=(0.5,) * 3, resize_mode="squash", interpolation="bicubic"
+    )
+    tokenizer = open_clip_reference("siglip", source)
+    texts = [t for t in AWKWARD_TEXTS if t.strip()] + ["A Photo, of: the CAT!"]
+    with torch.no_grad():
+        images = model.encode_image(torch.stack([transform(Image.open(p)) for p in photo_paths]))
+        expected = torch.cat([images, model.encode_text(tokenizer(texts))]).numpy()
+    vectors = np.concatenate([encoder.encode(photo_paths), encoder.encode_text(texts)])
+    assert len({round(float(v[0]), 5) for v in expected}) > len(expected) // 2  # the reference is alive
+    assert cosines(vectors, expected).min() >= 0.99999

@@ -458,6 +458,7 @@ __all__ = [
     "fetch_snapshot",
     "hub_layout",
     "immich_model",
+    "immich_model_config",
     "immich_repo",
     "is_immich_dir",
     "published_export",
@@ -574,7 +575,7 @@ def _unpack(archive: Path, folder: Path, graph: str) -> None:
 
 def published_export(directory: Path, spec: ModelSpec, cache: Path, origin: str) -> Path:
     """The clipserve export of an immich ``directory`` holding ``spec``'s model, in the cache (keyed
-    by the graphs' content), made once; its preprocessing is the directory's own."""
+    by the graphs' content), made once; its preprocessing is the directory's own (over ``spec``'s)."""
     from clipserve.cache import content_fingerprint
     from clipserve.weights import is_current_export, onnx_cache
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from clipserve.backends.base import Backend
 from clipserve.backends.factory import create_backend
 from clipserve.cache import enforce_cap
+from clipserve.errors import WeightsUnavailable
 from clipserve.families.openclip_config import spec_from_hub_dir
 from clipserve.families.towers import Tokenizer, image_tower, text_tower
 from clipserve.preprocess.text import BUILTIN_TOKENIZER, ClipTokenizer, HfTokenizer
@@ -41,7 +42,11 @@ class OpenClipModel:
         elif weights is not None and is_onnx_dir(weights):
             spec = spec_of_export(spec, weights)
         self.spec = spec
-        tokenizer_dir = locate_tokenizer(spec, settings, weights, cache)
+        try:
+            tokenizer_dir = locate_tokenizer(spec, settings, weights, cache)
+            missing = None
+        except WeightsUnavailable as exc:  # a publisher's export may carry the tokenizer: see below
+            tokenizer_dir, missing = None, exc
         self.backend: Backend = create_backend(
             spec,
             settings.backend,
@@ -56,6 +61,10 @@ class OpenClipModel:
         ran = Path(str(self.backend.info()["weights"]))
         if weights is None and is_onnx_dir(ran):  # a publisher's export keeps its own preprocessing
             self.spec = spec = spec_of_export(spec, ran)
+            if missing is not None and (ran / TOKENIZER_DIR / "tokenizer.json").is_file():
+                tokenizer_dir, missing = ran / TOKENIZER_DIR, None
+        if missing is not None:
+            raise missing
         enforce_cap(cache, settings.cache_max_gb, Path(str(self.backend.info()["weights"])))
         self.tokenizer = make_tokenizer(spec, tokenizer_dir)
         self.towers = {

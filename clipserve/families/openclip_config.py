@@ -60,7 +60,12 @@ def spec_from_hub_dir(spec: ModelSpec, directory: Path) -> ModelSpec:
     decides the dimension, image size, preprocessing and text traits (a fine-tune or a local
     variant of the zoo entry gets exactly its own)."""
     config = json.loads((directory / OPEN_CLIP_CONFIG).read_text())
-    model_cfg, preprocess = config["model_cfg"], config.get("preprocess_cfg", {})
+    return spec_from_configs(spec, config["model_cfg"], config.get("preprocess_cfg", {}))
+
+
+def spec_from_configs(spec: ModelSpec, model_cfg: dict, preprocess: dict) -> ModelSpec:
+    """``spec`` as an open_clip model config and preprocess config define it (see
+    :func:`spec_from_hub_dir`; immich's ``config.json`` and ``preprocess_cfg.json`` too)."""
     image_size = model_cfg["vision_cfg"].get("image_size", spec.image_size[0])
     changes = {
         **text_traits(model_cfg),

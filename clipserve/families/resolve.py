@@ -17,10 +17,12 @@ from clipserve.backends.published import (
     fetch_immich,
     fetch_snapshot,
     immich_model,
+    immich_model_config,
     is_immich_dir,
     published_export,
 )
 from clipserve.errors import UnknownModel, UnsupportedModel
+from clipserve.families.openclip_config import spec_from_configs
 from clipserve.families.transformers_config import (
     CONFIG,
     FAMILY,
@@ -113,6 +115,8 @@ def _from_immich(
     spec = get_spec(known)
     if spec.family != "open_clip":
         raise UnsupportedModel(f"{origin}: immich's graphs are read for open_clip models only, not {known}")
+    model_cfg, preprocess = immich_model_config(directory)
+    spec = spec_from_configs(spec, model_cfg, preprocess)  # a variant keeps its own, as in a hub directory
     export = published_export(directory, spec, cache_dir(settings.cache_dir), origin)
     return _export_spec(export), dataclasses.replace(settings, model=known, weights=str(export))
 
