@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -68,25 +69,21 @@ def immich_layout(
 
 def _export_towers(model: nn.Module, target: Path, size: int, context: int, axes, suffix: str) -> None:
     with torch.no_grad():
-        torch.onnx.export(
+        _export(
             ImmichImage(model),
             (torch.randn(1, 3, size, size),),
             str(target / "visual" / "model.onnx"),
-            input_names=["image"],
-            output_names=[f"image{suffix}" if suffix else "embedding"],
-            dynamic_axes=axes("image"),
-            opset_version=17,
-            dynamo=False,
+            ["image"],
+            [f"image{suffix}" if suffix else "embedding"],
+            axes("image"),
         )
-        torch.onnx.export(
+        _export(
             ImmichText(model),
             (torch.ones(1, context, dtype=torch.int32),),
             str(target / "textual" / "model.onnx"),
-            input_names=["text"],
-            output_names=[f"text{suffix}" if suffix else "embedding"],
-            dynamic_axes=axes("text"),
-            opset_version=17,
-            dynamo=False,
+            ["text"],
+            [f"text{suffix}" if suffix else "embedding"],
+            axes("text"),
         )
 
 
@@ -111,6 +108,10 @@ def prefill_hub_cache(directory: Path, repo: str, hub_cache: Path) -> Path:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
     return snapshot
+
+
+TEXT_INPUTS = ["input_ids", "attention_mask"]
+TEXT_OUTPUTS = ["text_embeds", "last_hidden_state"]
 
 
 class MaskedText(nn.Module):
@@ -159,25 +160,22 @@ def clip_as_service_layout(model: nn.Module, size: int, target: Path, zipped: bo
     model = model.eval()
     target.mkdir(parents=True)
     with _no_fastpath(), torch.no_grad():
-        torch.onnx.export(
+        ids = torch.ones(2, 77, dtype=torch.int32)
+        _export(
             MaskedText(model),
-            (torch.ones(2, 77, dtype=torch.int32), torch.ones(2, 77, dtype=torch.int32)),
-            str(target / "textual.onnx"),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["text_embeds", "last_hidden_state"],
-            dynamic_axes=_dynamic("input_ids", "attention_mask"),
-            opset_version=17,
-            dynamo=False,
+            (ids, ids),
+            target / "textual.onnx",
+            TEXT_INPUTS,
+            TEXT_OUTPUTS,
+            _dynamic(*TEXT_INPUTS),
         )
-        torch.onnx.export(
+        _export(
             Visual(model),
             (torch.randn(2, 3, size, size),),
             str(target / "visual.onnx"),
-            input_names=["pixel_values"],
-            output_names=["image_embeds", "pooled"],
-            dynamic_axes=_dynamic("pixel_values"),
-            opset_version=17,
-            dynamo=False,
+            ["pixel_values"],
+            ["image_embeds", "pooled"],
+            _dynamic("pixel_values"),
         )
     if zipped:
         graph = onnx.load(str(target / "visual.onnx"))
@@ -186,8 +184,6 @@ def clip_as_service_layout(model: nn.Module, size: int, target: Path, zipped: bo
         onnx.save_model(
             graph, str(staging / "visual.onnx"), save_as_external_data=True, location="visual.data"
         )
-        import zipfile
-
         with zipfile.ZipFile(target / "visual.zip", "w") as archive:
             for path in staging.iterdir():
                 archive.write(path, path.name)
@@ -210,29 +206,17 @@ def fastembed_layout(model: nn.Module, vision: Path, text: Path) -> None:
     vision.mkdir(parents=True)
     text.mkdir(parents=True)
     with _no_fastpath(), torch.no_grad():
-        torch.onnx.export(
+        _export(
             Visual(model),
             (torch.randn(2, 3, 224, 224),),
             str(vision / "model.onnx"),
-            input_names=["pixel_values"],
-            output_names=["image_embeds", "last_hidden_state"],
-            dynamic_axes=_dynamic("pixel_values"),
-            opset_version=17,
-            dynamo=False,
+            ["pixel_values"],
+            ["image_embeds", "last_hidden_state"],
+            _dynamic("pixel_values"),
         )
-        torch.onnx.export(
-            MaskedText(model),
-            (torch.ones(2, 77, dtype=torch.int64), torch.ones(2, 77, dtype=torch.int64)),
-            str(text / "model.onnx"),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["text_embeds", "last_hidden_state"],
-            dynamic_axes={
-                "input_ids": {0: "batch", 1: "length"},
-                "attention_mask": {0: "batch", 1: "length"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
+        ids = torch.ones(2, 77, dtype=torch.int64)
+        lengths = {name: {0: "batch", 1: "length"} for name in TEXT_INPUTS}
+        _export(MaskedText(model), (ids, ids), text / "model.onnx", TEXT_INPUTS, TEXT_OUTPUTS, lengths)
     processor = {
         "crop_size": {"height": 224, "width": 224},
         "do_center_crop": True,
@@ -249,6 +233,20 @@ def fastembed_layout(model: nn.Module, vision: Path, text: Path) -> None:
         json.dumps({"model_type": "clip_vision_model", "projection_dim": 512})
     )
     (text / "config.json").write_text(json.dumps({"model_type": "clip_text_model", "pad_token_id": 1}))
+
+
+def _export(module: nn.Module, example: tuple, path, inputs: list, outputs: list, axes) -> None:
+    """The legacy (tracing) ONNX exporter at opset 17, as the publishers used it."""
+    torch.onnx.export(
+        module,
+        example,
+        str(path),
+        input_names=inputs,
+        output_names=outputs,
+        dynamic_axes=axes,
+        opset_version=17,
+        dynamo=False,
+    )
 
 
 class _no_fastpath:
