@@ -13,7 +13,7 @@ NAME = "ViT-B-32::openai"
 def test_models_lists_the_table(capsys) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    table, transformers, precisions = out.split("\n\n")
+    table, transformers, sources, precisions = out.split("\n\n")
     assert table.splitlines()[0].split() == [
         "name",
         "family",
@@ -35,6 +35,12 @@ def test_models_lists_the_table(capsys) -> None:
     assert rows[NAME][1:5] == ["open_clip", "512", "224", "clip"]
     assert rows["ViT-B-16-SigLIP::webli"][4] == "timm/ViT-B-16-SigLIP"
     assert rows["M-CLIP/LABSE-Vit-L-14"][1:5] == ["mclip", "768", "224", "M-CLIP/LABSE-Vit-L-14"]
+    assert (
+        rows[NAME][5] == "immich,clip-as-service,fastembed"
+        and rows["RN50::cc12m"][5] == "immich,clip-as-service"
+    )
+    assert rows["ViT-bigG-14::laion2b_s39b_b160k"][5] == "-"
+    assert sources.startswith("torch-free: the publishers of ready ONNX graphs")
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".parquet"])
