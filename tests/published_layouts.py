@@ -3,6 +3,7 @@ names, dtypes and shapes, and a pre-filled Hugging Face hub cache to serve them 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -258,3 +259,37 @@ class _no_fastpath:
 
     def __exit__(self, *exc: object) -> None:
         torch.backends.mha.set_fastpath_enabled(self.was)
+
+
+class MClipText(nn.Module):
+    """M-CLIP's text encoder as immich exports it: ``input_ids`` and ``attention_mask`` (int32),
+    the transformer, mean pooling over the mask, the projection, normalised."""
+
+    def __init__(self, mclip: nn.Module) -> None:
+        super().__init__()
+        self.mclip = mclip
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.mclip.transformer(input_ids=input_ids.long(), attention_mask=attention_mask.long())[0]
+        mask = attention_mask.float().unsqueeze(2)
+        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1)
+        return torch.nn.functional.normalize(self.mclip.LinearTransformation(pooled), dim=-1)
+
+
+def immich_mclip_layout(clip: nn.Module, mclip: nn.Module, tokenizer: Path, target: Path) -> Path:
+    """An M-CLIP model as immich publishes it: the CLIP ViT-B-32 image tower (``config.json`` is its
+    config) and the text encoder, ``input_ids`` and ``attention_mask`` int32 ``[1, 77]``."""
+    immich_layout(clip, "ViT-B-32", target, tokenizer=tokenizer)
+    ids = torch.ones(1, 77, dtype=torch.int32)
+    # Traced with padding: transformers skips a mask of all ones, and the trace would keep that.
+    mask = (torch.arange(77) < 5).int()[None]
+    with torch.no_grad():
+        _export(
+            MClipText(copy.deepcopy(mclip).eval()),  # tracing changes a transformers model it runs
+            (ids, mask),
+            target / "textual" / "model.onnx",
+            TEXT_INPUTS,
+            ["embedding"],
+            None,
+        )
+    return target

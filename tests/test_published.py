@@ -15,6 +15,7 @@ from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.zoo import get_spec
 from tests.conftest import AWKWARD_TEXTS, cosines
 from tests.published_layouts import immich_layout, prefill_hub_cache
+from tests.test_families import mclip  # noqa: F401 (a fixture: the tiny M-CLIP and its reference)
 
 NAME = "ViT-B-32::openai"
 
@@ -295,3 +296,30 @@ def test_an_immich_siglip_squashes_and_canonicalises_as_open_clip(photo_paths, n
     vectors = np.concatenate([encoder.encode(photo_paths), encoder.encode_text(texts)])
     assert len({round(float(v[0]), 5) for v in expected}) > len(expected) // 2  # the reference is alive
     assert cosines(vectors, expected).min() >= 0.99999
+
+
+@pytest.mark.slow
+def test_an_immich_mclip_gives_the_multilingual_clip_packages_vectors(
+    mclip, random_model, photo_paths, new_encoder, tmp_path
+) -> None:
+    """M-CLIP as immich publishes it (its text encoder takes ``input_ids`` and ``attention_mask``,
+    int32, one text of 77 tokens at a time; its image tower is ViT-B-32's), against the
+    ``multilingual-clip`` package on the same weights and open_clip's image tower."""
+    import torch
+
+    from tests.published_layouts import immich_mclip_layout
+    from tests.test_families import TEXTS, _reference_tokenizer
+
+    directory, reference = mclip
+    clip = random_model(NAME)
+    immich = immich_mclip_layout(clip.model, reference, directory, tmp_path / "XLM-Roberta-Large-Vit-B-32")
+    encoder = new_encoder(str(immich), cache_dir=tmp_path / "cache")
+    assert (
+        encoder.spec.name == "M-CLIP/XLM-Roberta-Large-Vit-B-32"
+        and encoder.info()["published_by"] == "immich"
+    )
+    with torch.no_grad():
+        expected = reference.forward(TEXTS, _reference_tokenizer(directory)).numpy()
+    assert cosines(encoder.encode_text(TEXTS), expected).min() >= 0.99999
+    images = clip.image_vectors([Image.open(p) for p in photo_paths[:3]])
+    assert cosines(encoder.encode(photo_paths[:3]), images).min() >= 0.99999

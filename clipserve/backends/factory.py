@@ -121,12 +121,13 @@ def _published_source(
                 f"{spec.name}: {source}'s published graphs are read for open_clip models only"
             )
         return source
-    if exporter is None and spec.family == "open_clip" and not _torch_installed():
+    if exporter is None and spec.family == "open_clip" and not torch_installed():
         return IMMICH
     return None
 
 
-def _torch_installed() -> bool:
+def torch_installed() -> bool:
+    """True when torch can be imported here (an ONNX export of a checkpoint needs it)."""
     try:
         return importlib.util.find_spec("torch") is not None
     except (ImportError, ValueError):  # a finder that refuses torch outright

@@ -150,10 +150,21 @@ class OnnxTextEncoder:
             raise WeightsUnavailable(f"{model_dir} holds a {meta['precision']} export, not {precision}")
         self.model_dir = model_dir
         self._session = open_session(model_dir / "text.onnx", providers, spin, precision)
+        self._batch = meta.get("batch", {}).get("text")  # a publisher's graph may fix batch and length
+        length = self._session.get_inputs()[0].shape[1]
+        self._length = length if isinstance(length, int) else None
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if self._length is not None:  # padding, masked out: the vectors are those of the short arrays
+            extra = ((0, 0), (0, self._length - input_ids.shape[1]))
+            input_ids, attention_mask = np.pad(input_ids, extra), np.pad(attention_mask, extra)
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
-        return self._session.run(None, feeds)[0]
+        if self._batch is None:
+            return self._session.run(None, feeds)[0]
+        rows = range(0, len(input_ids), self._batch)
+        return np.concatenate(
+            [self._session.run(None, {k: v[i : i + self._batch] for k, v in feeds.items()})[0] for i in rows]
+        )
 
     def info(self) -> dict[str, object]:
         return {"text_backend": "onnx", "text_weights": str(self.model_dir)}

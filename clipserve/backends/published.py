@@ -106,10 +106,17 @@ def published_models() -> dict[str, dict]:
     return {source: table[source] for source in SOURCES}
 
 
+READ_FAMILIES = {IMMICH: ("open_clip", "mclip"), CLIP_AS_SERVICE: ("open_clip",), FASTEMBED: ("open_clip",)}
+"""The families whose graphs clipserve reads, by publisher (clip-as-service's M-CLIP texts are not)."""
+
+
 def sources_of(spec: ModelSpec) -> list[str]:
     """The publishers of ready ONNX graphs of ``spec``'s weights that clipserve reads."""
-    readable = spec.family == "open_clip"
-    return [s for s, models in published_models().items() if readable and spec.name in models]
+    return [
+        source
+        for source, models in published_models().items()
+        if spec.family in READ_FAMILIES[source] and spec.name in models
+    ]
 
 
 def immich_model(repo_name: str) -> str | None:
@@ -157,22 +164,26 @@ def convert_immich(source: Path, out_dir: Path, spec: ModelSpec, origin: str) ->
     )
 
 
+Graph = tuple[Path, dict[str, tuple[str, int]]]
+"""A publisher's graph and how its inputs are fed (:func:`adapt_graph`)."""
+
+
 def write_export(
     spec: ModelSpec,
     out_dir: Path,
-    image: tuple[Path, dict[str, tuple[str, int]]],
-    text: tuple[Path, dict[str, tuple[str, int]]],
+    image: Graph | None,
+    text: Graph | None,
     origin: dict[str, str | None],
     tokenizer: Path | None = None,
 ) -> Path:
-    """A clipserve fp32 export in ``out_dir`` of a publisher's ``image`` and ``text`` graphs, each
-    with how its inputs are fed (:func:`adapt_graph`); ``origin`` says where they came from."""
-    for graph, _ in (image, text):
+    """A clipserve fp32 export in ``out_dir`` of a publisher's ``image`` and ``text`` graphs (or
+    one of them: M-CLIP's towers are two exports); ``origin`` says where they came from."""
+    for graph, _ in [g for g in (image, text) if g is not None]:
         if not graph.is_file():
             raise UnsupportedModel(f"{graph} is missing")
     with staged_dir(out_dir) as staging:
-        image_batch = adapt_graph(image[0], staging / "image.onnx", image[1])
-        text_batch = adapt_graph(text[0], staging / "text.onnx", text[1])
+        image_batch = adapt_graph(image[0], staging / "image.onnx", image[1]) if image else None
+        text_batch = adapt_graph(text[0], staging / "text.onnx", text[1]) if text else None
         meta = {
             "model": spec.name,
             "spec": dataclasses.asdict(spec),
@@ -259,11 +270,12 @@ def _fed_input(
     if new == MASK:
         return _real_token_mask(graph, old, old_type)
     graph.input.insert(position, helper.make_tensor_value_info(new, dtype, shape))
+    inner = new if old_type == dtype else f"clipserve_{old}"  # the Cast's output, when one is needed
+    for node in graph.node:
+        node.input[:] = [inner if name == old else name for name in node.input]
     if old_type == dtype:
-        for node in graph.node:
-            node.input[:] = [new if name == old else name for name in node.input]
         return []
-    return [helper.make_node("Cast", [new], [old], to=old_type, name=f"clipserve_cast_{new}")]
+    return [helper.make_node("Cast", [new], [inner], to=old_type, name=f"clipserve_cast_{new}")]
 
 
 def _real_token_mask(graph: onnx.GraphProto, output: str, dtype: int) -> list[onnx.NodeProto]:
@@ -463,6 +475,7 @@ __all__ = [
     "is_immich_dir",
     "published_export",
     "published_fp32",
+    "published_mclip",
     "sources_of",
 ]
 
@@ -504,6 +517,34 @@ def published_fp32(spec: ModelSpec, source: str, cache: Path) -> Path:
         (text / "model.onnx", TOKENS_AND_MASK),
         {"source": f"{repos['vision']}, {repos['text']}", "published_by": FASTEMBED, "published_repo": None},
     )
+
+
+def published_mclip(directory: Path, spec: ModelSpec, image_spec: ModelSpec, cache: Path, origin: str):
+    """``(image export, text export)`` of an immich M-CLIP ``directory``: its CLIP
+    image tower (of ``image_spec``, with the directory's preprocessing) and its mean-pooled text
+    encoder (``input_ids`` and ``attention_mask``), each made once into the cache."""
+    from clipserve.cache import content_fingerprint
+    from clipserve.weights import is_current_export, onnx_cache
+
+    graphs = [directory / "visual" / "model.onnx", directory / "textual" / "model.onnx"]
+    missing = [str(g.relative_to(directory)) for g in graphs if not g.is_file()]
+    if missing or not (directory / "textual" / "tokenizer.json").is_file():
+        raise UnsupportedModel(
+            f"{directory} lacks {', '.join(missing) or 'textual/tokenizer.json'} (immich's layout)"
+        )
+    key = hashlib.sha256("".join(content_fingerprint(g, cache) for g in graphs).encode()).hexdigest()[:16]
+    repo = origin if origin.startswith(f"{IMMICH_ORG}/") else None
+    made = {"source": origin, "published_by": IMMICH, "published_repo": repo}
+    image_dir = onnx_cache(image_spec, cache, f"{IMMICH}-{key}", "fp32")
+    if not is_current_export(image_dir):
+        _, preprocess = immich_model_config(directory)
+        image = (graphs[0], {"image": ("pixels", TensorProto.FLOAT)})
+        write_export(with_preprocess(image_spec, preprocess), image_dir, image, None, made)
+    text_dir = onnx_cache(spec, cache, f"{IMMICH}-{key}", "fp32")
+    if not is_current_export(text_dir):
+        ids = {name: (name, TensorProto.INT64) for name in ("input_ids", "attention_mask")}
+        write_export(spec, text_dir, None, (graphs[1], ids), made, directory / "textual")
+    return image_dir, text_dir
 
 
 def transformers_preprocess(processor: dict) -> dict:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clipserve.backends.factory import backend_weights, create_backend
+from clipserve.backends.factory import backend_weights, create_backend, torch_installed
+from clipserve.backends.published import IMMICH, fetch_immich, immich_repo, is_immich_dir, published_mclip
 from clipserve.cache import enforce_cap, touch
 from clipserve.errors import WeightsUnavailable
 from clipserve.families.base import Tower
@@ -33,6 +34,7 @@ from clipserve.weights import (
     download_hub_files,
     find_tokenizer,
     offline,
+    spec_of_export,
 )
 from clipserve.zoo import ModelSpec, get_spec
 
@@ -46,17 +48,24 @@ class MClipModel:
         self.spec = spec
         cache = cache_dir(settings.cache_dir)
         image_spec = get_spec(spec.image_model)
+        image_weights, text_weights = settings.image_weights, settings.weights
+        published = immich_directory(spec, settings, cache)
+        if published is not None:  # immich's graphs of both towers, made into two exports
+            directory, origin = published
+            image_dir, text_dir = published_mclip(directory, spec, image_spec, cache, origin)
+            image_weights, text_weights = str(image_dir), str(text_dir)
+            image_spec = spec_of_export(image_spec, image_dir)
         self.image_backend = create_backend(
             image_spec,
             settings.backend,
             settings.device,
-            settings.image_weights,
+            image_weights,
             settings.precision,
             cache,
             spin,
             towers=("image",),
         )
-        given = Path(settings.weights).expanduser() if settings.weights is not None else None
+        given = Path(text_weights).expanduser() if text_weights is not None else None
         source = given if given is not None else find_text_weights(spec, cache)
         tokenizer_dir = find_tokenizer(
             spec,
@@ -89,6 +98,20 @@ class MClipModel:
 
     def close(self) -> None:
         pass
+
+
+def immich_directory(spec: ModelSpec, settings: EngineSettings, cache: Path) -> tuple[Path, str] | None:
+    """``(directory, origin)`` of immich's graphs of ``spec`` when they are the weights: given as
+    ``weights`` (a directory in immich's layout), or chosen by ``source`` (``immich``; ``auto``
+    with no weights given and no torch to export the checkpoints with)."""
+    given = Path(settings.weights).expanduser() if settings.weights is not None else None
+    if given is not None and is_immich_dir(given):
+        return given, str(given)
+    unnamed = settings.weights is None and settings.image_weights is None
+    if settings.source == IMMICH or (settings.source == "auto" and unnamed and not torch_installed()):
+        repo = immich_repo(spec)
+        return fetch_immich(repo, cache), repo
+    return None
 
 
 def find_text_weights(spec: ModelSpec, cache: Path) -> Path:

@@ -113,8 +113,10 @@ def _from_immich(
             f"and pass it as weights (Encoder('ARCH::TAG', weights={origin!r}))"
         )
     spec = get_spec(known)
+    if spec.family == "mclip":  # two towers, two exports: the family makes them
+        return spec, dataclasses.replace(settings, model=known, weights=str(directory), source="immich")
     if spec.family != "open_clip":
-        raise UnsupportedModel(f"{origin}: immich's graphs are read for open_clip models only, not {known}")
+        raise UnsupportedModel(f"{origin}: immich's graphs are read for open_clip and M-CLIP, not {known}")
     model_cfg, preprocess = immich_model_config(directory)
     spec = spec_from_configs(spec, model_cfg, preprocess)  # a variant keeps its own, as in a hub directory
     export = published_export(directory, spec, cache_dir(settings.cache_dir), origin)
