@@ -2,11 +2,12 @@
 ``.venv-light`` environment of ``make setup``: no torch, no transformers, no open_clip), then the
 quickstart's ``clipserve serve --model ViT-B-32::openai``. Its weights come from immich's published
 ONNX graphs (a pre-filled hub cache standing in for the hub), and its vectors equal open_clip's of
-the same weights."""
+the same weights; so do the library's there from clip-as-service's files and fastembed's repos."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import tempfile
@@ -20,7 +21,12 @@ from PIL import Image
 from clipserve.backends.published import immich_repo
 from clipserve.zoo import get_spec
 from tests.conftest import AWKWARD_TEXTS, REPO, cosines
-from tests.published_layouts import immich_layout, prefill_hub_cache
+from tests.published_layouts import (
+    clip_as_service_layout,
+    fastembed_layout,
+    immich_layout,
+    prefill_hub_cache,
+)
 from tests.server_helpers import free_port
 
 NAME = "ViT-B-32::openai"
@@ -56,6 +62,7 @@ def test_the_quickstart_serves_immichs_graphs_without_torch(random_model, photo_
             assert ready["published_by"] == "immich" and ready["published_repo"] == immich_repo(
                 get_spec(NAME)
             )
+            assert ready["licence"] == "MIT"
             images = [base64.b64encode(p.read_bytes()).decode() for p in photo_paths]
             body = {"inputs": [{"image": i} for i in images] + [{"text": t} for t in AWKWARD_TEXTS]}
             answer = httpx.post(f"{url}/encode", json=body, timeout=300)
@@ -68,6 +75,39 @@ def test_the_quickstart_serves_immichs_graphs_without_torch(random_model, photo_
         [model.image_vectors([Image.open(p) for p in photo_paths]), model.text_vectors(AWKWARD_TEXTS)]
     )
     assert cosines(vectors, expected).min() >= 0.99999
+    for source, vectors in _other_publishers(model, photo_paths, tmp_path, env).items():
+        assert cosines(vectors, expected).min() >= 0.99999, source
+
+
+LIBRARY = """
+import json, sys
+import numpy as np
+from clipserve.encoder import Encoder
+
+photos, texts, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+for source in ("clip-as-service", "fastembed"):
+    with Encoder("ViT-B-32::openai", source=source) as encoder:
+        assert encoder.info()["published_by"] == source
+        np.save(f"{out}/{source}.npy", np.concatenate([encoder.encode(photos), encoder.encode_text(texts)]))
+assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "open_clip", "transformers")]
+"""
+
+
+def _other_publishers(model, photo_paths, tmp_path, env: dict) -> dict[str, np.ndarray]:
+    """clip-as-service's files (in the cache, as a finished download leaves them) and fastembed's
+    repos (a pre-filled hub cache) of the same weights, read by the library in the light install."""
+    cached = tmp_path / "cache" / "published" / "clip-as-service" / "ViT-B-32"
+    clip_as_service_layout(model.model, 224, cached)
+    fastembed_layout(model.model, tmp_path / "vision", tmp_path / "text")
+    for part in ("vision", "text"):
+        prefill_hub_cache(tmp_path / part, f"Qdrant/clip-ViT-B-32-{part}", tmp_path / "cache" / "hub")
+    photos, texts = json.dumps([str(p) for p in photo_paths]), json.dumps(AWKWARD_TEXTS)
+    run = subprocess.run(
+        [str(LIGHT / "bin" / "python"), "-c", LIBRARY, photos, texts, str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return {source: np.load(tmp_path / f"{source}.npy") for source in ("clip-as-service", "fastembed")}
 
 
 def _wait_ready(url: str, server: subprocess.Popen, log) -> dict:
