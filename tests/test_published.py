@@ -323,3 +323,19 @@ def test_an_immich_mclip_gives_the_multilingual_clip_packages_vectors(
     assert cosines(encoder.encode_text(TEXTS), expected).min() >= 0.99999
     images = clip.image_vectors([Image.open(p) for p in photo_paths[:3]])
     assert cosines(encoder.encode(photo_paths[:3]), images).min() >= 0.99999
+
+
+def test_auto_reads_the_first_publisher_that_has_the_model_only_without_torch(monkeypatch) -> None:
+    from clipserve.backends import factory, published
+
+    spec = get_spec(NAME)
+    monkeypatch.setattr(factory, "torch_installed", lambda: True)
+    assert factory._published_source(spec, None, "auto", None) is None  # torch exports the checkpoint
+    monkeypatch.setattr(factory, "torch_installed", lambda: False)
+    assert factory._published_source(spec, None, "auto", None) == "immich"
+    table = {name: dict(models) for name, models in published.published_models().items()}
+    del table["immich"][NAME]
+    monkeypatch.setattr(published, "published_models", lambda: table)
+    assert factory._published_source(spec, None, "auto", None) == "clip-as-service"
+    assert factory._published_source(get_spec("ViT-bigG-14::laion2b_s39b_b160k"), None, "auto", None) is None
+    assert factory._published_source(spec, None, "checkpoint", None) is None

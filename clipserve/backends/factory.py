@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clipserve.backends.base import Backend, check_engine
-from clipserve.backends.published import IMMICH, SOURCES, published_fp32
+from clipserve.backends.published import SOURCES, published_fp32, sources_of
 from clipserve.cache import content_fingerprint, touch
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.weights import (
@@ -111,8 +111,9 @@ def backend_weights(
 def _published_source(
     spec: ModelSpec, given: Path | None, source: str, exporter: Callable | None
 ) -> str | None:
-    """The publisher whose graphs to read for ``spec``: the one named, or with ``auto`` immich's
-    when torch (which an export of the checkpoint needs) is not installed; None for the checkpoint."""
+    """The publisher whose graphs to read for ``spec``: the one named, or with ``auto`` the first
+    that has the model (immich, clip-as-service, fastembed) when torch, which an export of the
+    checkpoint needs, is not installed; None for the checkpoint."""
     if given is not None or source == "checkpoint":
         return None
     if source in PUBLISHED:
@@ -122,7 +123,7 @@ def _published_source(
             )
         return source
     if exporter is None and spec.family == "open_clip" and not torch_installed():
-        return IMMICH
+        return next(iter(sources_of(spec)), None)
     return None
 
 
@@ -223,9 +224,16 @@ def export_fp32(spec: ModelSpec, checkpoint: Path, target: Path, tokenizer_dir: 
     try:
         from clipserve.backends.export import export_onnx
     except ImportError as exc:
+        publishers = sources_of(spec)
+        instead = (
+            f"; or, without these weights, read a publisher's graphs of it (source={publishers[0]!r})"
+            if publishers
+            else f"; no publisher clipserve reads has ONNX graphs of {spec.name}"
+        )
         raise WeightsUnavailable(
             f"{spec.name} has a checkpoint ({checkpoint}) but no ONNX export in {target}, and exporting "
-            f"needs torch ({exc}). Install `clipserve[torch]` once, or pass an exported ONNX directory."
+            f"needs torch ({exc}). Install `clipserve[torch]` once, or pass an exported ONNX directory"
+            f"{instead}."
         ) from exc
     log.info("exporting %s to ONNX once, into %s", spec.name, target)
     return export_onnx(spec, checkpoint, target, tokenizer_dir)
