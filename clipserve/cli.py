@@ -245,8 +245,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         "its hub repo: --model /path/to/model-directory, or --model owner/repo; NAME=PATH names one "
         "in a server of several."
         "\n\ntorch-free: the publishers of ready ONNX graphs of the model that clipserve reads without "
-        "torch (--source immich, clip-as-service or fastembed; the default, auto, reads immich's when "
-        "torch is not installed)."
+        "torch (--source immich, clip-as-service or fastembed; the default, auto, reads the first of "
+        "them when torch is not installed)."
     )
     print(
         "\nprecisions: "

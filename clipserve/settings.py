@@ -62,8 +62,8 @@ class EngineSettings:
     source: str = setting(
         "auto",
         "where a zoo model's weights come from when none are given: checkpoint (exported to ONNX once, "
-        "with torch), immich (its published ONNX graphs: no torch), or auto (immich's when torch is not "
-        "installed, else the checkpoint)",
+        "with torch), immich, clip-as-service or fastembed (their published ONNX graphs: no torch), or "
+        "auto (without torch, the first of these publishers that has the model; else the checkpoint)",
     )
     image_weights: str | None = setting(
         None, "weights of the image tower of a model that pairs two (M-CLIP): checkpoint or ONNX export"
