@@ -26,7 +26,6 @@ from serving import MODEL, cpu_description, random_export
 from text_batching import mixed_texts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from clipserve.backends import published
 from clipserve.encoder import Encoder
 from tests.published_layouts import (
     clip_as_service_layout,
@@ -44,13 +43,9 @@ def layouts(workdir: Path, model) -> dict[str, dict]:
     dynamic = immich_layout(
         model, "ViT-B-32", workdir / "immich-2023" / "ViT-B-32__openai", static_batch=False
     )
-    md5 = clip_as_service_layout(model, 224, workdir / "cas" / "ViT-B-32")
-    table = {name: dict(models) for name, models in published.published_models().items()}
-    table["clip-as-service"][MODEL] = {
-        "textual": ["ViT-B-32/textual.onnx", md5["textual"]],
-        "visual": ["ViT-B-32/visual.onnx", md5["visual"]],
-    }
-    published.published_models = lambda: table
+    # clip-as-service's files where a finished download leaves them (its table's md5s are of the
+    # real files, not of these)
+    clip_as_service_layout(model, 224, cache / "published" / "clip-as-service" / "ViT-B-32")
     fastembed_layout(model, workdir / "fe-vision", workdir / "fe-text")
     for part, path in (("vision", workdir / "fe-vision"), ("text", workdir / "fe-text")):
         prefill_hub_cache(path, f"Qdrant/clip-ViT-B-32-{part}", cache / "hub")
@@ -94,7 +89,6 @@ def main() -> None:
     model.load_state_dict(torch.load(workdir / "ViT-B-32.pt", weights_only=True))
     sources = layouts(workdir, model)
     os.environ["CLIPSERVE_OFFLINE"] = "1"
-    os.environ["CLIPSERVE_CLIP_AS_SERVICE_URL"] = (workdir / "cas").as_uri() + "/"
     photos = jpeg_photos()
     images = [photos[i % len(photos)] for i in range(args.images)]
     texts = mixed_texts(args.texts)
