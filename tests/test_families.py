@@ -14,7 +14,14 @@ import pytest
 
 from clipserve.errors import WeightsUnavailable
 from tests.conftest import AWKWARD_TEXTS, built_once, cosines, open_clip_transform
-from tests.tiny_models import CORPUS, FAMILIES, build_open_clip, open_clip_reference, train_tokenizer
+from tests.tiny_models import (
+    CORPUS,
+    FAMILIES,
+    build_mclip,
+    build_open_clip,
+    open_clip_reference,
+    train_tokenizer,
+)
 
 TEXTS = [*AWKWARD_TEXTS, *CORPUS[len(AWKWARD_TEXTS) :], "word " * 200, "東京 " * 100]
 TRIMMED = {"siglip": False, "siglip2": False, "clipa": False, "worldwide": True, "xlmr": True, "nllb": True}
@@ -129,27 +136,7 @@ MCLIP = "M-CLIP/XLM-Roberta-Large-Vit-B-32"
 def mclip(tmp_path_factory):
     """A tiny M-CLIP text encoder (2-layer XLM-R) saved as the released directory, and the
     ``multilingual-clip`` reference model on the same weights."""
-    import torch
-    import transformers
-    from multilingual_clip.Config_MCLIP import MCLIPConfig
-    from multilingual_clip.pt_multilingual_clip import MultilingualCLIP
-
-    from tests.tiny_models import hf_config
-
-    directory = tmp_path_factory.mktemp("mclip")
-    vocab = train_tokenizer("xlmr", directory)
-    base = hf_config(FAMILIES["xlmr"].hf_config, vocab, directory / "base")
-    torch.manual_seed(11)
-    transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(base)).save_pretrained(base)
-    config = MCLIPConfig(modelBase=str(base), transformerDimSize=64, imageDimSize=512)
-    model = MultilingualCLIP(config).eval()
-    torch.save(model.state_dict(), directory / "pytorch_model.bin")
-    (directory / "config.json").write_text(
-        json.dumps(
-            {"modelBase": str(base), "transformerDimensions": 64, "numDims": 512, "model_type": "M-CLIP"}
-        )
-    )
-    return directory, model
+    return build_mclip(tmp_path_factory.mktemp("mclip"))
 
 
 def _reference_tokenizer(directory):

@@ -15,7 +15,6 @@ from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.zoo import get_spec
 from tests.conftest import AWKWARD_TEXTS, cosines
 from tests.published_layouts import immich_layout, prefill_hub_cache
-from tests.test_families import mclip  # noqa: F401 (a fixture: the tiny M-CLIP and its reference)
 
 NAME = "ViT-B-32::openai"
 
@@ -300,7 +299,7 @@ def test_an_immich_siglip_squashes_and_canonicalises_as_open_clip(photo_paths, n
 
 @pytest.mark.slow
 def test_an_immich_mclip_gives_the_multilingual_clip_packages_vectors(
-    mclip, random_model, photo_paths, new_encoder, tmp_path
+    random_model, photo_paths, new_encoder, tmp_path
 ) -> None:
     """M-CLIP as immich publishes it (its text encoder takes ``input_ids`` and ``attention_mask``,
     int32, one text of 77 tokens at a time; its image tower is ViT-B-32's), against the
@@ -309,8 +308,9 @@ def test_an_immich_mclip_gives_the_multilingual_clip_packages_vectors(
 
     from tests.published_layouts import immich_mclip_layout
     from tests.test_families import TEXTS, _reference_tokenizer
+    from tests.tiny_models import build_mclip
 
-    directory, reference = mclip
+    directory, reference = build_mclip(tmp_path / "mclip")
     clip = random_model(NAME)
     immich = immich_mclip_layout(clip.model, reference, directory, tmp_path / "XLM-Roberta-Large-Vit-B-32")
     encoder = new_encoder(str(immich), cache_dir=tmp_path / "cache")

@@ -250,3 +250,27 @@ def open_clip_reference(family: str, directory: Path):
         context_length=text_cfg.get("context_length", 77),
         **text_cfg.get("tokenizer_kwargs", {}),
     )
+
+
+def build_mclip(directory: Path):
+    """A tiny M-CLIP text encoder (2-layer XLM-R) saved in ``directory`` as the released one is
+    (``config.json``, ``pytorch_model.bin``, tokenizer files, the base model in ``base/``); returns
+    ``(directory, the multilingual-clip package's model on the same weights)``, the reference."""
+    import torch
+    import transformers
+    from multilingual_clip.Config_MCLIP import MCLIPConfig
+    from multilingual_clip.pt_multilingual_clip import MultilingualCLIP
+
+    vocab = train_tokenizer("xlmr", directory)
+    base = hf_config(FAMILIES["xlmr"].hf_config, vocab, directory / "base")
+    torch.manual_seed(11)
+    transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(base)).save_pretrained(base)
+    config = MCLIPConfig(modelBase=str(base), transformerDimSize=64, imageDimSize=512)
+    model = MultilingualCLIP(config).eval()
+    torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    (directory / "config.json").write_text(
+        json.dumps(
+            {"modelBase": str(base), "transformerDimensions": 64, "numDims": 512, "model_type": "M-CLIP"}
+        )
+    )
+    return directory, model
