@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from clipserve import settings as config
 from clipserve.backends.base import PRECISION_DEVICES
 from clipserve.errors import ClipserveError
-from clipserve.files import collect_files, write_vectors
+from clipserve.files import check_writable, collect_files, write_vectors
 from clipserve.preprocess.audio import is_audio_path
 from clipserve.preprocess.image import is_image_path
 from clipserve.settings import EncodeSettings, EngineSettings, ServerSettings
@@ -215,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
+    except BrokenPipeError:  # the reader left (`clipserve models | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 0
     except (ClipserveError, ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -482,6 +486,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if not args.paths and not args.text:
         print("error: nothing to encode: give image or audio paths/folders, or --text", file=sys.stderr)
         return 2
+    check_writable(args.output)  # before any file is encoded
     settings = config.resolve(EncodeSettings, **given_settings(args, EncodeSettings))
     if settings.ray:
         return encode_on_ray(args, settings)

@@ -25,15 +25,25 @@ def collect_files(paths: Sequence[Path], wanted: Callable[[Path], bool]) -> list
     return found
 
 
-def write_vectors(path: Path, vectors: np.ndarray, ids: list[str]) -> None:
-    """``.parquet`` (columns id, vector) or ``.npy`` with the ids beside it in ``.ids.json``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, an output :func:`write_vectors` could not write (``.parquet``
+    without pyarrow)."""
     if path.suffix == ".parquet":
         try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+            import pyarrow.parquet  # noqa: F401
         except ImportError as exc:
-            raise ClipserveError("writing .parquet needs pyarrow: pip install 'clipserve[parquet]'") from exc
+            raise ClipserveError(
+                f"writing {path} needs pyarrow: pip install 'clipserve[parquet]', or write .npy"
+            ) from exc
+
+
+def write_vectors(path: Path, vectors: np.ndarray, ids: list[str]) -> None:
+    """``.parquet`` (columns id, vector) or ``.npy`` with the ids beside it in ``.ids.json``."""
+    check_writable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
         vector_type = pa.list_(pa.float32(), vectors.shape[1])
         column = pa.FixedSizeListArray.from_arrays(

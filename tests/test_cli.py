@@ -90,3 +90,28 @@ def test_export_command(tmp_path, random_model, capsys) -> None:
     meta = json.loads((out / "clipserve.json").read_text())
     assert meta["model"] == NAME and meta["dim"] == 512 and meta["text_dynamic_length"] is True
     assert (out / "image.onnx").is_file() and (out / "text.onnx").is_file()
+
+
+def test_a_reader_that_stops_early_gets_no_error(tmp_path) -> None:
+    """``clipserve models | head`` ended with ``error: [Errno 32] Broken pipe``."""
+    import subprocess
+    import sys
+
+    command = f"{sys.executable} -m clipserve.cli models | head -n 2"
+    run = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120)
+    assert run.stdout.splitlines()[0].split()[:2] == ["name", "family"] and len(run.stdout.splitlines()) == 2
+    assert run.stderr == "", run.stderr
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch, capsys) -> None:
+    """``encode -o x.parquet`` without pyarrow failed after encoding every file."""
+    import sys
+
+    import clipserve.encoder
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    monkeypatch.setattr(clipserve.encoder, "Encoder", lambda *a, **k: pytest.fail("encoding started"))
+    assert main(["encode", "--text", "a cat", "-o", str(tmp_path / "x.parquet")]) == 2
+    assert "needs pyarrow: pip install 'clipserve[parquet]', or write .npy" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()

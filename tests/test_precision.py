@@ -90,7 +90,7 @@ def test_export_command_writes_int8_that_loads_without_checkpoint(
     encoder = new_encoder(name, weights=out, precision="int8")
     reference = new_encoder(name, weights=checkpoint, cache_dir=int8_cache)
     assert cosines(encoder.encode_text(["a cat"]), reference.encode_text(["a cat"]))[0] >= 0.99
-    with pytest.raises(UnsupportedModel, match="is a int8 export; pass an fp32 export"):
+    with pytest.raises(UnsupportedModel, match=r"is a int8 export: run it with precision='int8'"):
         Encoder(name, weights=out, precision="fp32")
 
 

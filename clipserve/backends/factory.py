@@ -157,7 +157,8 @@ def onnx_model_dir(
             return explicit
         if given != "fp32":
             raise UnsupportedModel(
-                f"{explicit} is a {given} export; pass an fp32 export to derive {precision}"
+                f"{explicit} is a {given} export: run it with precision={given!r} (--precision {given}); "
+                f"for {precision}, pass an fp32 export ({precision} is derived from fp32)"
             )
         fp32_dir = explicit
         target = onnx_cache(spec, cache, fingerprint(explicit, cache), precision)
