@@ -334,7 +334,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     """``clipserve index``: build or update an index; lists the inputs that could not be embedded."""
     from clipserve.encoder import Encoder
-    from clipserve.index import Index
+    from clipserve.index import Index, zoo_model_of
     from clipserve.index.collect import entries_from, media_filter, vectors_from_job
     from clipserve.index.store import DATABASE
 
@@ -350,7 +350,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.from_vectors is not None:
         model, entries, vectors = vectors_from_job(args.from_vectors)
         if not _model_named(given):
-            given["model"] = _zoo_model_of_job(model, args.from_vectors)
+            given["model"] = zoo_model_of(model, f"the vectors in {args.from_vectors}")
     settings = config.resolve(EngineSettings, **given)
     with Encoder(settings=settings) as encoder:
         index = (
@@ -377,20 +377,6 @@ def cmd_index(args: argparse.Namespace) -> int:
 def _model_named(given: dict) -> bool:
     """True when the operator named the model: a flag, or the ``CLIPSERVE_MODEL`` variable."""
     return given.get("model") is not None or "model" in config.from_environment(EngineSettings)
-
-
-def _zoo_model_of_job(model: str, job: Path) -> str:
-    """The model a job's vectors were made with, to load when ``--model`` is not given: only a zoo
-    name (a job's output is data, and never chooses a model file or repository to load)."""
-    from clipserve.zoo import canonical_name
-
-    name = canonical_name(model)
-    if name is None:
-        raise ValueError(
-            f"the vectors in {job} were made with {model!r}, which is not a zoo model: "
-            f"name it (--model {model})"
-        )
-    return name
 
 
 def _report_update(directory: Path, report) -> None:

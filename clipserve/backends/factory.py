@@ -29,11 +29,10 @@ from clipserve.zoo import ModelSpec
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnx", "torch")
-PUBLISHED = SOURCES
-WEIGHT_SOURCES = ("auto", "checkpoint", *PUBLISHED)
+WEIGHT_SOURCES = ("auto", "checkpoint", *SOURCES)
 """Where a model's weights come from when none are given: ``checkpoint`` (the zoo's, exported to
-ONNX once with torch), a publisher's ready ONNX graphs, or ``auto`` (the checkpoint, or immich's
-graphs when torch is not installed)."""
+ONNX once with torch), a publisher's ready ONNX graphs, or ``auto`` (the checkpoint; without
+torch, the first publisher that has the model)."""
 
 
 def create_backend(
@@ -98,7 +97,7 @@ def backend_weights(
     if backend == "torch":
         if given is not None and is_onnx_dir(given):
             raise UnsupportedModel(f"the torch backend runs a checkpoint, and {given} is an ONNX export")
-        if source in PUBLISHED:
+        if source in SOURCES:
             raise UnsupportedModel(f"the torch backend runs a checkpoint, not {source}'s ONNX graphs")
         return given or find_checkpoint(spec, cache)
     from clipserve.backends.onnx import execution_providers
@@ -116,7 +115,7 @@ def _published_source(
     checkpoint needs, is not installed; None for the checkpoint."""
     if given is not None or source == "checkpoint":
         return None
-    if source in PUBLISHED:
+    if source in SOURCES:
         if exporter is not None or spec.family != "open_clip":
             raise UnsupportedModel(
                 f"{spec.name}: {source}'s published graphs are read for open_clip models only"

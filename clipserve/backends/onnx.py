@@ -96,7 +96,7 @@ class OnnxBackend:
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         return run_rows(
-            self._image, "pixels", np.ascontiguousarray(pixels, dtype=np.float32), self._image_batch
+            self._image, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)}, self._image_batch
         )
 
     def encode_image_tensor(self, pixels) -> np.ndarray:
@@ -128,7 +128,9 @@ class OnnxBackend:
         return "cpu" if kind == "cpu" else f"cuda:{ordinal or 0}"
 
     def encode_text(self, tokens: np.ndarray) -> np.ndarray:
-        return run_rows(self._text, "tokens", np.ascontiguousarray(tokens, dtype=np.int64), self._text_batch)
+        return run_rows(
+            self._text, {"tokens": np.ascontiguousarray(tokens, dtype=np.int64)}, self._text_batch
+        )
 
     def encode_audio(self, samples: np.ndarray) -> np.ndarray:
         """``[n, 220500]`` samples in the 16-bit range → ``[n, 1024]`` (AudioCLIP; not normalised)."""
@@ -159,12 +161,7 @@ class OnnxTextEncoder:
             extra = ((0, 0), (0, self._length - input_ids.shape[1]))
             input_ids, attention_mask = np.pad(input_ids, extra), np.pad(attention_mask, extra)
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
-        if self._batch is None:
-            return self._session.run(None, feeds)[0]
-        rows = range(0, len(input_ids), self._batch)
-        return np.concatenate(
-            [self._session.run(None, {k: v[i : i + self._batch] for k, v in feeds.items()})[0] for i in rows]
-        )
+        return run_rows(self._session, feeds, self._batch)
 
     def info(self) -> dict[str, object]:
         return {"text_backend": "onnx", "text_weights": str(self.model_dir)}
@@ -220,12 +217,17 @@ class HfOnnxBackend:
         return running(self)
 
 
-def run_rows(session: ort.InferenceSession, name: str, rows: np.ndarray, static: int | None) -> np.ndarray:
-    """``session``'s first output for ``rows`` at once, or ``static`` rows at a time."""
+def run_rows(session: ort.InferenceSession, feeds: dict[str, np.ndarray], static: int | None) -> np.ndarray:
+    """``session``'s first output for ``feeds`` (arrays of the same rows) at once, or ``static``
+    rows at a time (a graph whose batch axis is fixed)."""
     if static is None:
-        return session.run(None, {name: rows})[0]
+        return session.run(None, feeds)[0]
+    count = len(next(iter(feeds.values())))
     return np.concatenate(
-        [session.run(None, {name: rows[start : start + static]})[0] for start in range(0, len(rows), static)]
+        [
+            session.run(None, {name: rows[start : start + static] for name, rows in feeds.items()})[0]
+            for start in range(0, count, static)
+        ]
     )
 
 

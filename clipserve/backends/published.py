@@ -38,6 +38,7 @@ their longest one, as clipserve's own exports do.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -392,19 +393,18 @@ def fetch_snapshot(repo: str, cache: Path, patterns: tuple[str, ...] | None = No
 def verify_snapshot(snapshot: Path) -> None:
     """Check each file of a hub cache snapshot against the name of its blob: the sha256 of a large
     (LFS) file, or the git blob id of a small one. A mismatch removes the file and is refused."""
-
     for link in sorted(p for p in snapshot.rglob("*") if p.is_symlink() or p.is_file()):
         blob = link.resolve()
         name = blob.name
         if len(name) == 64:
-            digest = hashlib.sha256()
-        elif len(name) == 40:
-            digest = hashlib.sha1(f"blob {blob.stat().st_size}\0".encode())
+            make = hashlib.sha256
+        elif len(name) == 40:  # git's blob id: sha1 of a header and the content
+            header = f"blob {blob.stat().st_size}\0".encode()
+            make = functools.partial(hashlib.sha1, header)
         else:
             continue  # not a hub cache blob (a local copy): nothing recorded to check against
         with blob.open("rb") as file:
-            while chunk := file.read(1 << 20):
-                digest.update(chunk)
+            digest = hashlib.file_digest(file, make)
         if digest.hexdigest() != name:
             blob.unlink(missing_ok=True)
             link.unlink(missing_ok=True)

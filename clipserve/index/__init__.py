@@ -144,16 +144,8 @@ class Index:
         self.close()
 
     def zoo_model(self) -> str:
-        """The index's model as a zoo name, the only kind of model an index may choose to load;
-        :class:`ModelNotNamed` for a local path or hub repository (it must be named by the
-        operator: ``--model``)."""
-        name = canonical_name(self.model)
-        if name is None:
-            raise ModelNotNamed(
-                f"the index {self.directory} was built with {self.model!r}, which is not a zoo model; an "
-                f"index never chooses a model file or repository to load: name it (--model {self.model})"
-            )
-        return name
+        """The index's model as a zoo name (see :func:`zoo_model_of`)."""
+        return zoo_model_of(self.model, f"the index {self.directory}")
 
     @property
     def encoder(self):
@@ -481,6 +473,19 @@ class Index:
             raise IndexMismatch(f"the index holds vectors of {self.model}; a query with {name} is refused")
 
 
+def zoo_model_of(model: str, named_by: str) -> str:
+    """``model`` as a zoo name: the only kind of model that data (an index, a job's vectors) may
+    choose to load. :class:`ModelNotNamed` for a local path or hub repository, which the operator
+    must name (``--model``)."""
+    name = canonical_name(model)
+    if name is None:
+        raise ModelNotNamed(
+            f"{named_by} was built with {model!r}, which is not a zoo model; data never chooses a model "
+            f"file or repository to load: name it (--model {model})"
+        )
+    return name
+
+
 def _as_vector(query: Any) -> np.ndarray | None:
     """``query`` as a float vector when it is one (a 1-D float array, or a list of numbers)."""
     if isinstance(query, np.ndarray) and query.ndim == 1 and query.dtype.kind == "f":
@@ -525,4 +530,4 @@ def _deduplicated(
     return keys[kept], scores[kept]
 
 
-__all__ = ["Entry", "Hit", "Index", "IndexMismatch", "ModelNotNamed", "UpdateReport"]
+__all__ = ["Entry", "Hit", "Index", "IndexMismatch", "ModelNotNamed", "UpdateReport", "zoo_model_of"]
