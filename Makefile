@@ -10,8 +10,11 @@ UV := $(VENV)/bin/uv
 LIGHT := .venv-light
 # The playground's browser tests drive Debian's chromium (Playwright downloads no browser here).
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# The container tests build the images offline: a Debian base built from Debian's packages (no
+# registry answers here) and the wheels the images install, both prepared here by `make setup`.
+CONTAINERS := .containers
 
-.PHONY: setup chromium test test-fast lint docs bench zoo
+.PHONY: setup chromium containers test test-fast lint docs bench zoo
 
 setup: chromium
 	python3 -m venv $(VENV)
@@ -24,10 +27,25 @@ setup: chromium
 		'clip-client>=0.8,<0.9'
 	$(UV) venv --quiet --allow-existing -p $(PY) $(LIGHT)
 	$(UV) pip install --quiet -p $(LIGHT)/bin/python -e '.[server]'
+	$(MAKE) containers
 
 chromium:
 	@command -v chromium >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
 		|| ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
+containers:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null \
+		|| $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc mmdebstrap \
+		|| ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			podman runc mmdebstrap)
+	mkdir -p $(CONTAINERS)/wheels
+	test -s $(CONTAINERS)/debian-bookworm.tar \
+		|| $(SUDO) deploy/container/debian-base.sh $(CONTAINERS)/debian-bookworm.tar
+	for kind in server '--gpu server'; do \
+		$(PY) deploy/container/requirements.py $$kind > $(CONTAINERS)/requirements.txt \
+		&& $(PY) -m pip download --quiet -d $(CONTAINERS)/wheels -r $(CONTAINERS)/requirements.txt \
+			'setuptools>=68' || exit 1; \
+	done
 
 lint:
 	$(VENV)/bin/ruff check .

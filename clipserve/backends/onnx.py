@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from functools import cache
 from pathlib import Path
@@ -35,6 +36,8 @@ def execution_providers(device: str) -> list[str | tuple[str, dict]]:
         raise DeviceUnavailable(
             f"the onnx backend runs on 'cpu', 'cuda[:N]' or 'tensorrt[:N]', not {device!r}"
         )
+    if kind != "cpu":
+        load_pip_cuda_libraries()
     available = ort.get_available_providers()
     for name, _ in wanted[kind]:
         if name not in available:
@@ -43,6 +46,14 @@ def execution_providers(device: str) -> list[str | tuple[str, dict]]:
                 f"(available: {', '.join(available)}); install onnxruntime-gpu for CUDA/TensorRT"
             )
     return [*wanted[kind], "CPUExecutionProvider"]
+
+
+@cache
+def load_pip_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from NVIDIA's pip packages when they are installed (``pip install
+    'onnxruntime-gpu[cuda,cudnn]'``, the cuda image): ONNX Runtime does not look for them there."""
+    if importlib.util.find_spec("nvidia") is not None and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
 
 
 @cache
@@ -279,6 +290,8 @@ def open_session(path: Path, providers: list, spin: bool, precision: str = "fp32
     wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
     if wanted not in session.get_providers():  # onnxruntime silently falls back when a provider fails
         raise DeviceUnavailable(
-            f"{wanted} failed to start for {path.name}; refusing to run on the CPU instead"
+            f"{wanted} failed to start for {path.name}; refusing to run on the CPU instead. "
+            "Either no GPU is visible or its CUDA/cuDNN libraries are missing: check `nvidia-smi`, and "
+            "give a container the GPU (docker run --gpus all, or a nvidia.com/gpu limit in Kubernetes)"
         )
     return session
