@@ -365,9 +365,14 @@ def test_the_store_holds_a_vector_in_little_more_than_its_bytes(tmp_path) -> Non
 
 
 @pytest.mark.slow
-def test_a_graph_that_misses_the_neighbours_is_not_used(tmp_path) -> None:
-    """Random vectors in 512 dimensions: no graph finds their neighbours (nothing is near
-    anything), so the build keeps exact search, and recall stays whole."""
+def test_a_graph_that_misses_the_neighbours_is_not_used(tmp_path, monkeypatch) -> None:
+    """Random vectors in 512 dimensions: nothing is near anything, and a graph searched with the
+    expansions tried finds under 95% of the true neighbours (about 0.86 and 0.94 here), so the
+    build keeps exact search, and recall stays whole. The wider expansions are left out: whether
+    the build stops before them depends on how fast exact search ran on a busy machine."""
+    from clipserve.index import vectors as derived
+
+    monkeypatch.setattr(derived, "EXPANSIONS", derived.EXPANSIONS[:2])
     rng = np.random.default_rng(4)
     entries, vectors = random_entries(rng, 20_000, 512)
     index = Index.create(tmp_path / "index", VectorsOnly(512), approximate_from=1000)
