@@ -115,3 +115,31 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, m
     assert main(["encode", "--text", "a cat", "-o", str(tmp_path / "x.parquet")]) == 2
     assert "needs pyarrow: pip install 'clipserve[parquet]', or write .npy" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_serve_says_once_it_is_up_where_and_what_it_serves(onnx_export) -> None:
+    """``clipserve serve`` printed nothing once up."""
+    import subprocess
+    import sys
+
+    from tests.server_helpers import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "clipserve.cli", "serve", "--model", "ViT-B-32::openai",
+         "--weights", onnx_export("ViT-B-32::openai"), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if "serving" in line or len(lines) > 50:
+                break
+    finally:
+        server.terminate()
+        server.wait(30)
+    url = f"http://127.0.0.1:{port}"
+    where = f"playground {url}/, API docs {url}/docs"
+    expected = f"clipserve: serving ViT-B-32::openai (onnx, fp32, cpu) at {url}; {where}"
+    assert lines[-1].strip() == expected, lines
