@@ -95,7 +95,7 @@ def test_every_command_shown_parses(page: str, words: list[str]) -> None:
 def test_the_docs_offer_no_refused_flag_and_no_refused_form() -> None:
     """The API key is never a flag (``ps`` shows flags): only ``--api-key-file`` or the variable; and
     several models never take one ``--weights``."""
-    for page in sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]:
+    for page in [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]:
         text = page.read_text()
         assert not re.search(r"--api-key(?!-file)(?!` is refused)", text), page.name
         assert "apply to one model only" not in text, page.name

@@ -210,6 +210,8 @@ def hub_snapshot(repo: str, offline: bool) -> Path:
     """
     from huggingface_hub import constants, snapshot_download
 
+    from clipserve.weights import hub_unreachable, hub_unreachable_note
+
     looked = [f"the Hugging Face cache {constants.HF_HUB_CACHE} (set HF_HUB_CACHE or HF_HOME for another)"]
     try:
         return Path(snapshot_download(repo, allow_patterns=list(HUB_FILES), local_files_only=True))
@@ -218,10 +220,13 @@ def hub_snapshot(repo: str, offline: bool) -> Path:
     if offline:
         looked.append("downloads skipped: offline (CLIPSERVE_OFFLINE or HF_HUB_OFFLINE is set)")
     else:
-        try:
-            return Path(snapshot_download(repo, allow_patterns=list(HUB_FILES)))
-        except Exception as exc:
-            looked.append(f"Hugging Face Hub {repo}: {type(exc).__name__}: {exc}")
+        if reason := hub_unreachable():
+            looked.append(hub_unreachable_note(reason))
+        else:
+            try:
+                return Path(snapshot_download(repo, allow_patterns=list(HUB_FILES)))
+            except Exception as exc:
+                looked.append(f"Hugging Face Hub {repo}: {type(exc).__name__}: {exc}")
     places = "\n".join(f"  - {place}" for place in looked)
     raise UnknownModel(
         f"{repo!r} is not in the zoo, and no transformers model of that hub repo was found. Looked in:\n"
