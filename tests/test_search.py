@@ -397,3 +397,28 @@ def test_exact_search_of_small_rows_by_usearch_equals_numpys(dtype, monkeypatch)
     plain = derived.Vectors(keys, rows).exact(query, 20)
     assert fast[0][0] == plain[0][0] and len(set(fast[0].tolist()) & set(plain[0].tolist())) >= 18
     assert np.abs(np.sort(fast[1]) - np.sort(plain[1])).max() < 0.005
+
+
+def test_a_rerun_with_only_a_bad_file_writes_no_new_generation(encoder, photos, tmp_path) -> None:
+    """Each rerun over a folder holding one bad file wrote new keys-gN/vectors-gN files."""
+    (photos / "broken.png").write_bytes(b"not a png")
+    index, first = build(tmp_path / "index", encoder, [photos])
+    assert [Path(i).name for i, _ in first.bad] == ["broken.png"]
+    files = sorted(p.name for p in (tmp_path / "index").iterdir())
+    again = index.update(entries_from([photos], media_filter(False)))
+    assert again.generation == first.generation and again.embedded == 0 and len(again.bad) == 1
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == files
+
+
+def test_like_takes_a_files_path_relative_to_the_working_directory(
+    encoder, photos, tmp_path, monkeypatch
+) -> None:
+    """``--like photos/chelsea.png`` found no item: files are indexed by their absolute path."""
+    index, _ = build(tmp_path / "index", encoder, [photos])
+    monkeypatch.chdir(photos.parent)
+    relative = index.search(like="photos/chelsea.png", k=3)
+    absolute = index.search(like=str(photos / "chelsea.png"), k=3)
+    assert [h.id for h in relative] == [h.id for h in absolute] and len(relative) == 3
+    assert str((photos / "chelsea.png").resolve()) not in [h.id for h in relative]
+    with pytest.raises(InvalidInput, match=r"no item 'photos/missing\.png'"):
+        index.search(like="photos/missing.png")

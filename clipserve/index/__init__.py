@@ -240,6 +240,9 @@ class Index:
             if progress is not None:
                 progress(len(part))
         failed_changed = [i for i in changed if i in set(failed)]  # its old vector is stale: it goes
+        if not (report.embedded or from_vectors or done or removed or failed_changed):
+            report.generation = self.store.generation  # only failures: nothing to write
+            return report
         previous = self.store.current()
         report.generation = self.store.commit(
             replaced=[i for i in changed if i not in set(failed)],
@@ -306,13 +309,24 @@ class Index:
                 self._vectors, self._generation = found, generation
             return self._generation, self._vectors
 
+    def key_of(self, identifier: str) -> int | None:
+        """The key of an item's id; a file's id may also be given as a path relative to the working
+        directory (or with ``~``), since files are indexed by their absolute path."""
+        key = self.store.key_of(identifier)
+        if key is None and identifier:
+            try:
+                key = self.store.key_of(str(Path(identifier).expanduser().resolve()))
+            except (OSError, ValueError, RuntimeError):
+                return None
+        return key
+
     def query_vector(
         self, query: Any = None, *, like: str | None = None, modality: str | None = None
     ) -> np.ndarray:
         """The unit vector of a query: an item's id (``like``), a vector, or an input the encoder
         takes (a text, an image, an audio clip; ``modality`` forces one)."""
         if like is not None:
-            key = self.store.key_of(like)
+            key = self.key_of(like)
             if key is None:
                 raise InvalidInput(f"no item {like!r} in the index")
             return self.store.vector_of(key)
@@ -383,7 +397,7 @@ class Index:
         else:
             keys, scores = current.exact(query_vector, want, allowed)
         if like is not None:
-            own = self.store.key_of(like)
+            own = self.key_of(like)
             kept = keys != own
             keys, scores = keys[kept], scores[kept]
         if dedup:
