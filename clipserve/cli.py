@@ -7,10 +7,11 @@ every one can also be a ``CLIPSERVE_<NAME>`` environment variable, and a flag wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from clipserve import settings as config
 from clipserve.backends.base import PRECISION_DEVICES
-from clipserve.errors import ClipserveError
+from clipserve.errors import ClipserveError, WeightsUnavailable
 from clipserve.files import check_writable, collect_files, write_vectors
 from clipserve.preprocess.audio import is_audio_path
 from clipserve.preprocess.image import is_image_path
@@ -305,8 +306,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     from clipserve.server.run import serve
 
-    serve(settings, args.verbose)
+    with _weights_advised(settings.index, "clipserve serve --index INDEX"):
+        serve(settings, args.verbose)
     return 0
+
+
+@contextlib.contextmanager
+def _weights_advised(index: str | Path | None, command: str) -> Iterator[None]:
+    """A model load that found no weights says which weights ``index`` was built with, and how to
+    give them."""
+    try:
+        yield
+    except WeightsUnavailable as exc:
+        if index is None:
+            raise
+        from clipserve.index import Index
+
+        with Index.open(index) as built:
+            advice = built.weights_advice(command)
+        if not advice:
+            raise
+        raise WeightsUnavailable(f"{exc}\n{advice}") from exc
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -406,7 +426,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = config.resolve(EngineSettings, **given)
     filters = dict(item.split("=", 1) for item in args.filter)
     query = args.image or args.audio or args.query
-    with Encoder(settings=settings) as encoder:
+    with _weights_advised(args.index, "clipserve search INDEX QUERY"), Encoder(settings=settings) as encoder:
         index = Index.open(args.index, encoder)
         modality = "text" if query is args.query and query is not None else None
         hits = index.search(

@@ -422,3 +422,26 @@ def test_like_takes_a_files_path_relative_to_the_working_directory(
     assert str((photos / "chelsea.png").resolve()) not in [h.id for h in relative]
     with pytest.raises(InvalidInput, match=r"no item 'photos/missing\.png'"):
         index.search(like="photos/missing.png")
+
+
+def test_an_index_says_which_weights_it_was_built_with(
+    encoder, photos, tmp_path, monkeypatch, capsys
+) -> None:
+    """``clipserve search DIR ...`` failed with WeightsUnavailable after a build with local weights;
+    the index records where they were, and the error gives the command, but never loads them itself."""
+    from clipserve.cli import main
+
+    weights = encoder.settings.weights  # the random checkpoint the encoder was built from
+    index, _ = build(tmp_path / "index", encoder, [photos])
+    index.close()
+    empty_cache = ["--cache-dir", str(tmp_path / "empty-cache")]
+    search = ["search", str(tmp_path / "index"), "a photo of a cat", "-k", "2", "--json", *empty_cache]
+    assert main(search) == 2
+    said = capsys.readouterr().err
+    assert f"was built with the weights {Path(weights).resolve()}" in said
+    assert f"`clipserve search INDEX QUERY --weights {Path(weights).resolve()}`" in said
+    monkeypatch.setenv("CLIPSERVE_WEIGHTS", str(weights))
+    assert (
+        main(["search", str(tmp_path / "index"), "a photo of a cat", "-k", "2", "--json", *empty_cache]) == 0
+    )
+    assert len(capsys.readouterr().out.splitlines()) == 2

@@ -125,6 +125,7 @@ class Index:
                 dtype=dtype,
                 approximate_from=approximate_from,
                 generation=0,
+                weights=_weights_origin(encoder),
             )
         return cls(directory, store, encoder)
 
@@ -146,6 +147,19 @@ class Index:
     def zoo_model(self) -> str:
         """The index's model as a zoo name (see :func:`zoo_model_of`)."""
         return zoo_model_of(self.model, f"the index {self.directory}")
+
+    def weights_advice(self, command: str) -> str:
+        """How to give the weights this index was built with, for ``command`` (e.g. ``clipserve
+        search DIR ...``), or ``""`` when it was built with the model's own download. The index only
+        says where they were: they load only when the operator names them."""
+        weights = self.store.info().get("weights")
+        if not weights:
+            return ""
+        return (
+            f"the index {self.directory} was built with the weights {weights}: give them, as "
+            f"`{command} --weights {weights}`, CLIPSERVE_WEIGHTS={weights}, or `weights:` in the settings "
+            "file"
+        )
 
     @property
     def encoder(self):
@@ -545,3 +559,9 @@ def _deduplicated(
 
 
 __all__ = ["Entry", "Hit", "Index", "IndexMismatch", "ModelNotNamed", "UpdateReport", "zoo_model_of"]
+
+
+def _weights_origin(encoder) -> str | None:
+    """Where the operator's weights came from (an absolute path), or None for the model's download."""
+    given = encoder.settings.weights
+    return str(Path(given).expanduser().resolve()) if given else None
