@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, fields
@@ -100,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what runs (INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("models", allow_abbrev=False, help="list the model zoo")
+    models = commands.add_parser("models", allow_abbrev=False, help="list the model zoo")
+    models.add_argument("--family", help="only this family (open_clip, mclip, audioclip, ...)")
+    models.add_argument("--search", metavar="TEXT", help="only models whose name holds TEXT (any case)")
+    models.add_argument(
+        "--torch-free", action="store_true", help="only models with published ONNX graphs (no torch needed)"
+    )
 
     export = commands.add_parser(
         "export", allow_abbrev=False, help="export a checkpoint to ONNX (needs the torch extra)"
@@ -229,7 +235,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     from clipserve.backends.published import sources_of
     from clipserve.families.transformers_config import ARCHITECTURES
 
-    specs = list_models()
+    specs = [
+        spec
+        for spec in list_models()
+        if (args.family is None or spec.family == args.family)
+        and (args.search is None or args.search.lower() in spec.name.lower())
+        and (not args.torch_free or sources_of(spec))
+    ]
     columns = [
         ("name", lambda s: s.name),
         ("family", lambda s: s.family),
@@ -239,10 +251,21 @@ def cmd_models(args: argparse.Namespace) -> int:
         ("torch-free", lambda s: ",".join(sources_of(s)) or "-"),
         ("licence", lambda s: s.licence),
     ]
+    families = sorted({spec.family for spec in list_models()})
+    if args.family is not None and args.family not in families:
+        raise ValueError(f"--family is one of {', '.join(families)}, not {args.family!r}")
+    hidden: list[str] = []
+    if sys.stdout.isatty():  # a terminal: the columns that fit (a pipe gets them all)
+        room = shutil.get_terminal_size().columns
+        while _table_width(columns, specs) > room and (name := _droppable(columns)):
+            columns = [c for c in columns if c[0] != name]
+            hidden.append(name)
     cells = [[value(spec) for _, value in columns] for spec in specs]
     widths = [max(len(title), *(len(row[i]) for row in cells)) for i, (title, _) in enumerate(columns)]
     for row in [[title for title, _ in columns], *cells]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    fitted = f"; hidden to fit the terminal: {', '.join(hidden)} (a wider window, or a pipe, shows them)"
+    print(f"\n{len(specs)} models{fitted if hidden else ''}")
     print(
         "\nAlso any Hugging Face transformers model of these classes: "
         + ", ".join(ARCHITECTURES)
@@ -261,6 +284,19 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+MODEL_COLUMNS_TO_HIDE = ("tokenizer", "licence", "image", "torch-free")
+"""Which columns of ``clipserve models`` give way first to a narrow terminal."""
+
+
+def _droppable(columns: list) -> str | None:
+    present = {name for name, _ in columns}
+    return next((name for name in MODEL_COLUMNS_TO_HIDE if name in present), None)
+
+
+def _table_width(columns: list, specs: list) -> int:
+    return sum(max(len(title), *(len(value(s)) for s in specs)) + 2 for title, value in columns)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -143,3 +143,28 @@ def test_serve_says_once_it_is_up_where_and_what_it_serves(onnx_export) -> None:
     where = f"playground {url}/, API docs {url}/docs"
     expected = f"clipserve: serving ViT-B-32::openai (onnx, fp32, cpu) at {url}; {where}"
     assert lines[-1].strip() == expected, lines
+
+
+def test_models_filters_and_fits_the_terminal(capsys, monkeypatch) -> None:
+    """``clipserve models`` printed 202 rows up to 376 characters wide, with no way to narrow them."""
+    import os
+    import shutil
+    import sys
+
+    assert main(["models", "--search", "vit-b-32", "--torch-free"]) == 0
+    rows = capsys.readouterr().out.split("\n\n")[0].splitlines()[1:]
+    published = ("immich", "clip-as-service", "fastembed")
+    assert rows and all("vit-b-32" in row.split()[0].lower() for row in rows)
+    assert all(any(p in row for p in published) for row in rows)
+    assert main(["models", "--family", "mclip"]) == 0
+    rows = capsys.readouterr().out.split("\n\n")[0].splitlines()[1:]
+    assert rows and all(row.split()[1] == "mclip" for row in rows)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a: os.terminal_size((80, 24)))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("\n\n")[0].splitlines()
+    assert len(table) > 150 and max(map(len, table)) <= 80
+    assert "hidden to fit the terminal: tokenizer" in out
+    assert main(["models", "--family", "nope"]) == 2
+    assert "--family is one of audioclip, mclip, open_clip" in capsys.readouterr().err
