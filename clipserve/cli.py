@@ -1,4 +1,5 @@
-"""``clipserve`` command line: ``models``, ``export``, ``encode``, ``serve`` and ``cache``.
+"""The clipserve command line: list models, export them, encode files and texts, index and search
+them, find duplicates, serve the HTTP API, and manage the cache.
 
 The flags of ``encode`` and ``serve`` come from the settings declaration (:mod:`clipserve.settings`);
 every one can also be a ``CLIPSERVE_<NAME>`` environment variable, and a flag wins over it.
@@ -96,7 +97,11 @@ def given_settings(args: argparse.Namespace, kind: type[EngineSettings]) -> dict
 def build_parser() -> argparse.ArgumentParser:
     # No abbreviations: `--api-key` must not silently mean `--api-key-file`.
     parser = argparse.ArgumentParser(
-        prog="clipserve", description=__doc__.splitlines()[0], allow_abbrev=False
+        prog="clipserve",
+        description=" ".join(__doc__.split("\n\n")[0].split()),
+        epilog="`clipserve COMMAND --help` shows each command's flags; every flag of a setting can also "
+        "be a CLIPSERVE_<NAME> environment variable (a flag wins).",
+        allow_abbrev=False,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what runs (INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -229,6 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ClipserveError, ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of each command, by name, in the order ``--help`` lists them."""
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

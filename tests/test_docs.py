@@ -99,3 +99,22 @@ def test_the_docs_offer_no_refused_flag_and_no_refused_form() -> None:
         text = page.read_text()
         assert not re.search(r"--api-key(?!-file)(?!` is refused)", text), page.name
         assert "apply to one model only" not in text, page.name
+
+
+def test_the_cli_reference_is_every_commands_help() -> None:
+    """docs/cli.md was 13 lines about ``encode`` only: it is now generated from the parser."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "docs" / "hooks"))
+    from generated import cli_reference
+
+    from clipserve.cli import build_parser, subcommands
+
+    reference = cli_reference()
+    names = list(subcommands(build_parser()))
+    assert names == ["models", "export", "encode", "index", "search", "dedup", "serve", "cache"]
+    for name in names:
+        assert f"### `clipserve {name}`" in reference and f"usage: clipserve {name}" in reference
+    assert "--like" in reference and "--torch-free" in reference
+    assert "``" not in reference.replace("```", ""), "reST markup in a help text"
+    assert "<!-- generated: cli -->" in (REPO / "docs" / "cli.md").read_text()
