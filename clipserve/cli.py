@@ -236,6 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def link_or_copy(source: str, destination: str) -> None:
+    """A hard link of the cached file (no second copy of hundreds of MB), else a copy (another file
+    system). The cache's files are never rewritten in place, so the two names stay the same bytes."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """The parser of each command, by name, in the order ``--help`` lists them."""
     (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -334,7 +343,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for key, path in exports.items():
         if output is not None:  # two exports (M-CLIP: image, text) go into subdirectories
             target = output if len(exports) == 1 else output / ("text" if key == "text_weights" else "image")
-            shutil.copytree(path, target, dirs_exist_ok=True)
+            shutil.copytree(path, target, dirs_exist_ok=True, copy_function=link_or_copy)
             path = target
         if args.hub_layout is not None:
             from clipserve.backends.published import hub_layout

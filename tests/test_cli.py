@@ -81,15 +81,23 @@ def test_encode_errors_are_messages_not_tracebacks(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_export_command(tmp_path, random_model, capsys) -> None:
+def test_export_command(tmp_path, random_model, capsys, caplog) -> None:
+    """The export says which tower it is on (a bar, on a terminal), without the exporters' chatter
+    ("Skipping constant folding ..."), and --output links the cached files instead of a second copy."""
+    import logging
+
     out = tmp_path / "export"
     checkpoint = str(random_model(NAME).checkpoint)
     args = ["export", "--model", NAME, "--weights", checkpoint, "--cache-dir", str(tmp_path / "cache")]
-    assert main([*args, "--output", str(out)]) == 0
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "--output", str(out)]) == 0
+    assert not [r for r in caplog.records if r.name.startswith(("onnxscript", "torch"))], caplog.text
     assert capsys.readouterr().out.strip() == str(out)
     meta = json.loads((out / "clipserve.json").read_text())
     assert meta["model"] == NAME and meta["dim"] == 512 and meta["text_dynamic_length"] is True
     assert (out / "image.onnx").is_file() and (out / "text.onnx").is_file()
+    (cached,) = (tmp_path / "cache").rglob("image.onnx.data")
+    assert (out / "image.onnx.data").stat().st_ino == cached.stat().st_ino  # one copy on disk
 
 
 def test_a_reader_that_stops_early_gets_no_error(tmp_path) -> None:
