@@ -20,6 +20,8 @@ setup: chromium
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[torch,server,audio,search,ray,dev]'
+	# clip-retrieval's own client drives /knn-service in the tests; its other dependencies are its server's
+	$(PY) -m pip install --quiet --no-deps 'clip-retrieval>=2.44'
 	$(UV) venv --quiet --allow-existing -p $(PY) $(JINA_V2)
 	$(UV) pip install --quiet -p $(JINA_V2)/bin/python -e '.[jina,audio]' 'pytest>=8'
 	$(UV) venv --quiet --allow-existing -p $(PY) $(JINA_V1)

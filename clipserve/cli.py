@@ -1,4 +1,5 @@
-"""``clipserve`` command line: ``models``, ``export``, ``encode``, ``serve`` and ``cache``.
+"""The clipserve command line: list models, export them, encode files and texts, index and search
+them, find duplicates, serve the HTTP API, and manage the cache.
 
 The flags of ``encode`` and ``serve`` come from the settings declaration (:mod:`clipserve.settings`);
 every one can also be a ``CLIPSERVE_<NAME>`` environment variable, and a flag wins over it.
@@ -7,10 +8,12 @@ every one can also be a ``CLIPSERVE_<NAME>`` environment variable, and a flag wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from tqdm.auto import tqdm
 
 from clipserve import settings as config
 from clipserve.backends.base import PRECISION_DEVICES
-from clipserve.errors import ClipserveError
+from clipserve.errors import ClipserveError, WeightsUnavailable
 from clipserve.files import check_writable, collect_files, write_vectors
 from clipserve.preprocess.audio import is_audio_path
 from clipserve.preprocess.image import is_image_path
@@ -94,12 +97,21 @@ def given_settings(args: argparse.Namespace, kind: type[EngineSettings]) -> dict
 def build_parser() -> argparse.ArgumentParser:
     # No abbreviations: `--api-key` must not silently mean `--api-key-file`.
     parser = argparse.ArgumentParser(
-        prog="clipserve", description=__doc__.splitlines()[0], allow_abbrev=False
+        prog="clipserve",
+        description=" ".join(__doc__.split("\n\n")[0].split()),
+        epilog="`clipserve COMMAND --help` shows each command's flags; every flag of a setting can also "
+        "be a CLIPSERVE_<NAME> environment variable (a flag wins).",
+        allow_abbrev=False,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what runs (INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("models", allow_abbrev=False, help="list the model zoo")
+    models = commands.add_parser("models", allow_abbrev=False, help="list the model zoo")
+    models.add_argument("--family", help="only this family (open_clip, mclip, audioclip, ...)")
+    models.add_argument("--search", metavar="TEXT", help="only models whose name holds TEXT (any case)")
+    models.add_argument(
+        "--torch-free", action="store_true", help="only models with published ONNX graphs (no torch needed)"
+    )
 
     export = commands.add_parser(
         "export", allow_abbrev=False, help="export a checkpoint to ONNX (needs the torch extra)"
@@ -224,11 +236,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def link_or_copy(source: str, destination: str) -> None:
+    """A hard link of the cached file (no second copy of hundreds of MB), else a copy (another file
+    system). The cache's files are never rewritten in place, so the two names stay the same bytes."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of each command, by name, in the order ``--help`` lists them."""
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from clipserve.backends.published import sources_of
     from clipserve.families.transformers_config import ARCHITECTURES
 
-    specs = list_models()
+    specs = [
+        spec
+        for spec in list_models()
+        if (args.family is None or spec.family == args.family)
+        and (args.search is None or args.search.lower() in spec.name.lower())
+        and (not args.torch_free or sources_of(spec))
+    ]
     columns = [
         ("name", lambda s: s.name),
         ("family", lambda s: s.family),
@@ -238,10 +271,21 @@ def cmd_models(args: argparse.Namespace) -> int:
         ("torch-free", lambda s: ",".join(sources_of(s)) or "-"),
         ("licence", lambda s: s.licence),
     ]
+    families = sorted({spec.family for spec in list_models()})
+    if args.family is not None and args.family not in families:
+        raise ValueError(f"--family is one of {', '.join(families)}, not {args.family!r}")
+    hidden: list[str] = []
+    if sys.stdout.isatty():  # a terminal: the columns that fit (a pipe gets them all)
+        room = shutil.get_terminal_size().columns
+        while _table_width(columns, specs) > room and (name := _droppable(columns)):
+            columns = [c for c in columns if c[0] != name]
+            hidden.append(name)
     cells = [[value(spec) for _, value in columns] for spec in specs]
     widths = [max(len(title), *(len(row[i]) for row in cells)) for i, (title, _) in enumerate(columns)]
     for row in [[title for title, _ in columns], *cells]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    fitted = f"; hidden to fit the terminal: {', '.join(hidden)} (a wider window, or a pipe, shows them)"
+    print(f"\n{len(specs)} models{fitted if hidden else ''}")
     print(
         "\nAlso any Hugging Face transformers model of these classes: "
         + ", ".join(ARCHITECTURES)
@@ -260,6 +304,19 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+MODEL_COLUMNS_TO_HIDE = ("tokenizer", "licence", "image", "torch-free")
+"""Which columns of ``clipserve models`` give way first to a narrow terminal."""
+
+
+def _droppable(columns: list) -> str | None:
+    present = {name for name, _ in columns}
+    return next((name for name in MODEL_COLUMNS_TO_HIDE if name in present), None)
+
+
+def _table_width(columns: list, specs: list) -> int:
+    return sum(max(len(title), *(len(value(s)) for s in specs)) + 2 for title, value in columns)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -286,7 +343,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for key, path in exports.items():
         if output is not None:  # two exports (M-CLIP: image, text) go into subdirectories
             target = output if len(exports) == 1 else output / ("text" if key == "text_weights" else "image")
-            shutil.copytree(path, target, dirs_exist_ok=True)
+            shutil.copytree(path, target, dirs_exist_ok=True, copy_function=link_or_copy)
             path = target
         if args.hub_layout is not None:
             from clipserve.backends.published import hub_layout
@@ -305,8 +362,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     from clipserve.server.run import serve
 
-    serve(settings, args.verbose)
+    with _weights_advised(settings.index, "clipserve serve --index INDEX"):
+        serve(settings, args.verbose)
     return 0
+
+
+@contextlib.contextmanager
+def _weights_advised(index: str | Path | None, command: str) -> Iterator[None]:
+    """A model load that found no weights says which weights ``index`` was built with, and how to
+    give them."""
+    try:
+        yield
+    except WeightsUnavailable as exc:
+        if index is None:
+            raise
+        from clipserve.index import Index
+
+        with Index.open(index) as built:
+            advice = built.weights_advice(command)
+        if not advice:
+            raise
+        raise WeightsUnavailable(f"{exc}\n{advice}") from exc
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -406,7 +482,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = config.resolve(EngineSettings, **given)
     filters = dict(item.split("=", 1) for item in args.filter)
     query = args.image or args.audio or args.query
-    with Encoder(settings=settings) as encoder:
+    with _weights_advised(args.index, "clipserve search INDEX QUERY"), Encoder(settings=settings) as encoder:
         index = Index.open(args.index, encoder)
         modality = "text" if query is args.query and query is not None else None
         hits = index.search(

@@ -10,7 +10,7 @@ import numpy as np
 
 from clipserve.errors import InvalidInput
 from clipserve.families import load_model, resolve_model
-from clipserve.inputs import AUDIO_RATE, Item, to_item
+from clipserve.inputs import ACCEPTED_ARRAYS, AUDIO_RATE, Item, to_item
 from clipserve.pipeline import Pipeline
 from clipserve.settings import EngineSettings, options_doc, resolve
 from clipserve.vectors import RankedMatch, clip_scores
@@ -186,9 +186,14 @@ class Encoder:
             return item
         if item.kind == "url":  # what a URL holds is the caller's word
             return Item(index, expect, "url", item.value)
-        what = (
-            "a string that is neither a file, a data URI nor a URL" if item.kind == "text" else item.modality
-        )
+        if item.kind == "text":
+            what = "a string that is neither a file, a data URI nor a URL"
+        elif item.kind == "waveform":
+            samples = item.value[0]
+            shape = f"{samples.dtype} {list(samples.shape)}"
+            what = f"an array of {shape} reads as audio samples ({ACCEPTED_ARRAYS})"
+        else:
+            what = item.modality
         raise InvalidInput(f"not {'an image' if expect == 'image' else expect}: {what}", index)
 
     def _strict(self, items: list[Item]) -> np.ndarray:

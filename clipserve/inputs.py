@@ -1,11 +1,13 @@
 """The one sniffer: every input, from any face, becomes an :class:`Item` with a modality.
 
 Library values (:func:`to_item`): a ``str`` that is a data URI or names an existing file is an
-image (or audio, by its content); an ``http(s)://`` string is a URL only when URLs are allowed; any
-other ``str`` is text. ``bytes`` and ``Path`` are sniffed by content (image or audio); ``PIL``
-images and ``[H, W, 3]`` uint8 arrays are images; float ``[3, H, W]`` arrays (or torch tensors) are
-already-preprocessed image pixels; float ``[n]`` or ``[n, channels]`` arrays and int16 arrays are
-audio samples at 44.1 kHz (:meth:`clipserve.Encoder.encode_audio` takes another rate).
+image (or audio, by its content); an ``http(s)://`` string is a URL only when URLs are allowed; a
+``str`` that looks like a path (a media suffix, or a path's start or folder) but names no file is
+refused, not embedded as text; any other ``str`` is text. ``bytes`` and ``Path`` are sniffed by
+content (image or audio); ``PIL`` images and ``[H, W, 3]`` uint8 arrays are images; float
+``[3, H, W]`` arrays (or torch tensors) are already-preprocessed image pixels; float ``[n]`` or
+``[n, channels]`` arrays and int16 arrays are audio samples at 44.1 kHz
+(:meth:`clipserve.Encoder.encode_audio` takes another rate).
 
 Wire values (:func:`wire_item`, the server's ``{"text": ...}``/``{"image": ...}`` fields and
 OpenAI's strings) stay undecoded here: base64 and data URIs are decoded later, in a worker thread,
@@ -31,6 +33,15 @@ Kind = Literal["text", "path", "bytes", "base64", "data_uri", "url", "pil", "arr
 AUDIO_RATE = 44_100
 """The sample rate assumed for audio arrays given without one."""
 URL_SCHEMES = ("http://", "https://")
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
+)
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
+PATH_STARTS = ("/", "./", "../", "~/")
+ACCEPTED_ARRAYS = (
+    "arrays are images as uint8 [H, W, 3] RGB, float [3, H, W] preprocessed pixels (or one "
+    "[N, 3, H, W] batch), or audio samples as float in [-1, 1] or int16, [n] or [n, channels]"
+)
 
 
 @dataclass(frozen=True)
@@ -65,9 +76,8 @@ def to_item(index: int, value: Any, allow_url: bool = False) -> Item:
         if (np.issubdtype(value.dtype, np.floating) or value.dtype == np.int16) and value.ndim in (1, 2):
             return Item(index, "audio", "waveform", (value, AUDIO_RATE))
         raise InvalidInput(
-            "arrays must be uint8 [H, W, 3] RGB images, float [3, H, W] preprocessed pixels, or audio "
-            "samples (float in [-1, 1] or int16, [n] or [n, channels]), "
-            f"got {value.dtype} {list(value.shape)}",
+            f"an array of {value.dtype} {list(value.shape)} has none of the accepted shapes: "
+            + ACCEPTED_ARRAYS,
             index,
         )
     raise InvalidInput(f"unsupported input type {type(value).__name__}", index)
@@ -81,7 +91,35 @@ def _item_from_string(index: int, value: str, allow_url: bool) -> Item:
     if _names_file(value):
         path = Path(value).expanduser()
         return Item(index, sniff_file(path), "path", path)
+    if _looks_like_a_path(value):
+        as_text = "to embed the string itself, pass it as text (encode_text, or {'text': ...})"
+        if value.startswith(URL_SCHEMES):
+            raise InvalidInput(
+                f"{echo(value)!r} is a URL of a media file, and URLs are off: allow_url=True (--allow-url) "
+                f"fetches it; {as_text}",
+                index,
+            )
+        raise InvalidInput(
+            f"{echo(value)!r} looks like a file path, but no such file exists (working directory "
+            f"{os.getcwd()}): check the path; {as_text}",
+            index,
+        )
     return Item(index, "text", "text", value)
+
+
+def _looks_like_a_path(value: str) -> bool:
+    """A string meant as a file: one line without spaces that ends in an image or audio suffix,
+    starts like a path (``/``, ``./``, ``../``, ``~/``), or sits in a folder that exists."""
+    if not value or len(value) > 4096 or any(c.isspace() for c in value.strip()):
+        return False
+    path = Path(value.strip())
+    try:
+        in_a_folder = os.sep in value and path.parent != Path(".") and path.expanduser().parent.is_dir()
+    except (OSError, ValueError):
+        in_a_folder = False
+    return (
+        path.suffix.lower() in IMAGE_SUFFIXES | AUDIO_SUFFIXES or value.startswith(PATH_STARTS) or in_a_folder
+    )
 
 
 def wire_item(index: int, modality: str, value: str, allow_url: bool) -> Item:

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -42,6 +43,11 @@ TOKENIZER_DIR = "tokenizer"
 EXPORT_FORMAT = 2
 """Bumped whenever exported graphs change (2: the text tower's last block runs at the end token only)."""
 DOWNLOAD_TIMEOUT_S = 60
+HUB_PROBE_TIMEOUT_S = 5.0
+"""How long the one request that tells whether the Hugging Face hub answers may take."""
+HUB_PROBE_MEMORY_S = 60.0
+"""How long its answer holds: later loads in a running server try again after that."""
+_hub_probe: tuple[float, str | None] = (-HUB_PROBE_MEMORY_S, None)
 _SHA256_IN_URL = re.compile(r"/([0-9a-f]{64})/")
 
 
@@ -236,12 +242,53 @@ def find_tokenizer(spec: ModelSpec, root: Path, candidates: list[Path | None]) -
     raise search.fail()
 
 
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub does not answer, or None when it does: one quick request, remembered
+    for a minute. Without it an unreachable hub costs each download the hub library's retries (about
+    50 s) before any error."""
+    global _hub_probe
+    import httpx
+    from huggingface_hub import constants
+
+    checked_at, reason = _hub_probe
+    if time.monotonic() - checked_at < HUB_PROBE_MEMORY_S:
+        return reason
+    endpoint = constants.ENDPOINT
+    try:  # any answer, even an error status, is an answer; proxies from the environment apply
+        httpx.head(endpoint, timeout=HUB_PROBE_TIMEOUT_S)
+        reason = None
+    except httpx.HTTPError as exc:
+        waited = f"waited {HUB_PROBE_TIMEOUT_S:g} s at most"
+        reason = f"{endpoint} did not answer ({type(exc).__name__}: {exc}; {waited})"
+    _hub_probe = (time.monotonic(), reason)
+    return reason
+
+
+def hub_unreachable_note(reason: str) -> str:
+    """What the places-looked list says of an unreachable hub."""
+    return (
+        f"Hugging Face Hub: unreachable, {reason}; set CLIPSERVE_OFFLINE=1 to use only local files and the "
+        "cache, or check the network (HTTPS_PROXY) and HF_ENDPOINT"
+    )
+
+
+def remove_if_empty(directory: Path) -> None:
+    """Remove ``directory`` (and the hub library's ``.cache`` in it) when a failed download left
+    nothing else there, so that the cache does not list an empty entry."""
+    if directory.is_dir() and all(p.name == ".cache" for p in directory.iterdir()):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def download_hub_files(
     repo: str, required: list[str], optional: tuple[str, ...], target: Path, search: Search
 ) -> bool:
-    """Download ``required`` (all) and ``optional`` (if present) files of a hub repo into ``target``."""
+    """Download ``required`` (all) and ``optional`` (if present) files of a hub repo into ``target``;
+    on failure ``target`` is left as it was found."""
     from huggingface_hub import hf_hub_download
 
+    if reason := hub_unreachable():
+        search.looked.append(hub_unreachable_note(reason))
+        return False
     for filename in [*required, *optional]:
         try:
             log.info("downloading %s from the Hugging Face Hub repo %s", filename, repo)
@@ -249,6 +296,7 @@ def download_hub_files(
         except Exception as exc:  # hub errors have many types (offline, 404, auth); record and go on
             if filename in required:
                 search.looked.append(f"Hugging Face Hub {repo}/{filename}: {type(exc).__name__}: {exc}")
+                remove_if_empty(target)
                 return False
     return True
 
@@ -256,12 +304,16 @@ def download_hub_files(
 def _download_from_hub(spec: ModelSpec, target: Path, search: Search) -> Path | None:
     from huggingface_hub import hf_hub_download
 
+    if reason := hub_unreachable():
+        search.looked.append(hub_unreachable_note(reason))
+        return None
     for filename in HUB_FILENAMES:
         try:
             log.info("downloading %s from the Hugging Face Hub repo %s", filename, spec.hf_hub)
             return Path(hf_hub_download(spec.hf_hub, filename, local_dir=target))
         except Exception as exc:  # hub errors have many types (offline, 404, auth); record and go on
             search.looked.append(f"Hugging Face Hub {spec.hf_hub}/{filename}: {type(exc).__name__}: {exc}")
+    remove_if_empty(target)
     return None
 
 
@@ -287,6 +339,7 @@ def download_url(
     except (urllib.error.URLError, OSError, ValueError) as exc:
         tmp.close()
         os.unlink(tmp.name)
+        remove_if_empty(target)
         looked.append(f"URL {url}: {exc}")
         return None
     in_url = _SHA256_IN_URL.search(url)
@@ -301,6 +354,7 @@ def download_url(
         problem = f"checksum mismatch (got md5 {md5_digest.hexdigest()}, published {md5})"
     if problem:
         os.unlink(tmp.name)
+        remove_if_empty(target)
         looked.append(f"URL {url}: {problem}")
         return None
     shutil.move(tmp.name, dest)

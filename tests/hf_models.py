@@ -31,18 +31,38 @@ CHINESE_TEXTS = ["一只猫的照片", "杰尼龟", "妙蛙种子 and 小火龙"
 
 
 def clip_tokenizer(directory: Path) -> transformers.PreTrainedTokenizerBase:
-    """transformers' CLIP tokenizer on CLIP's own vocabulary and merges (49,408 tokens)."""
+    """transformers' CLIP tokenizer on CLIP's own vocabulary and merges (49,408 tokens), proven alive:
+    it tokenizes a sentence as open_clip does.
+
+    transformers 5 takes the vocabulary and merges themselves (``vocab=``, ``merges=``) and silently
+    ignores 4's ``vocab_file=``/``merges_file=``: given those, it has 2 tokens and every text becomes
+    ``[0, 2, 2, ...]``.
+    """
+    import inspect
+
+    import open_clip
+
     vocab, merges = clip_vocab()
     vocab = {**vocab, "<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    tokenizer = transformers.CLIPTokenizer(
-        vocab_file=str(directory / "vocab.json"),
-        merges_file=str(directory / "merges.txt"),
-        model_max_length=77,
-    )
-    (directory / "vocab.json").unlink()
-    (directory / "merges.txt").unlink()
+    if "vocab" in inspect.signature(transformers.CLIPTokenizer.__init__).parameters:
+        tokenizer = transformers.CLIPTokenizer(
+            vocab=vocab, merges=[tuple(m) for m in merges], model_max_length=77
+        )
+    else:  # transformers 4
+        (directory / "vocab.json").write_text(json.dumps(vocab))
+        (directory / "merges.txt").write_text(
+            "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"
+        )
+        tokenizer = transformers.CLIPTokenizer(
+            vocab_file=str(directory / "vocab.json"),
+            merges_file=str(directory / "merges.txt"),
+            model_max_length=77,
+        )
+        (directory / "vocab.json").unlink()
+        (directory / "merges.txt").unlink()
+    sentence = "a photo of a cat, on a mat!"
+    expected = [t for t in open_clip.get_tokenizer("ViT-B-32")([sentence])[0].tolist() if t]
+    assert len(tokenizer) == 49408 and tokenizer(sentence)["input_ids"] == expected, "the tokenizer is dead"
     return tokenizer
 
 
@@ -146,7 +166,14 @@ def chinese_clip(directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = trained_tokenizer("wordpiece", 24)
     config = transformers.ChineseCLIPConfig(
-        text_config={**TOWER, "vocab_size": len(tokenizer), "max_position_embeddings": 24},
+        # BERT's default initialisation (0.02) leaves its CLS vector almost the same for every text
+        # (cosine 0.99998 between "a photo of a cat" and "dog"): too alike to test anything.
+        text_config={
+            **TOWER,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 24,
+            "initializer_range": 0.5,
+        },
         vision_config={**TOWER, "image_size": SIDE, "patch_size": PATCH},
         projection_dim=16,
     )

@@ -81,15 +81,23 @@ def test_encode_errors_are_messages_not_tracebacks(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_export_command(tmp_path, random_model, capsys) -> None:
+def test_export_command(tmp_path, random_model, capsys, caplog) -> None:
+    """The export says which tower it is on (a bar, on a terminal), without the exporters' chatter
+    ("Skipping constant folding ..."), and --output links the cached files instead of a second copy."""
+    import logging
+
     out = tmp_path / "export"
     checkpoint = str(random_model(NAME).checkpoint)
     args = ["export", "--model", NAME, "--weights", checkpoint, "--cache-dir", str(tmp_path / "cache")]
-    assert main([*args, "--output", str(out)]) == 0
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "--output", str(out)]) == 0
+    assert not [r for r in caplog.records if r.name.startswith(("onnxscript", "torch"))], caplog.text
     assert capsys.readouterr().out.strip() == str(out)
     meta = json.loads((out / "clipserve.json").read_text())
     assert meta["model"] == NAME and meta["dim"] == 512 and meta["text_dynamic_length"] is True
     assert (out / "image.onnx").is_file() and (out / "text.onnx").is_file()
+    (cached,) = (tmp_path / "cache").rglob("image.onnx.data")
+    assert (out / "image.onnx.data").stat().st_ino == cached.stat().st_ino  # one copy on disk
 
 
 def test_a_reader_that_stops_early_gets_no_error(tmp_path) -> None:
@@ -115,3 +123,56 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, m
     assert main(["encode", "--text", "a cat", "-o", str(tmp_path / "x.parquet")]) == 2
     assert "needs pyarrow: pip install 'clipserve[parquet]', or write .npy" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_serve_says_once_it_is_up_where_and_what_it_serves(onnx_export) -> None:
+    """``clipserve serve`` printed nothing once up."""
+    import subprocess
+    import sys
+
+    from tests.server_helpers import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "clipserve.cli", "serve", "--model", "ViT-B-32::openai",
+         "--weights", onnx_export("ViT-B-32::openai"), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if "serving" in line or len(lines) > 50:
+                break
+    finally:
+        server.terminate()
+        server.wait(30)
+    url = f"http://127.0.0.1:{port}"
+    where = f"playground {url}/, API docs {url}/docs"
+    expected = f"clipserve: serving ViT-B-32::openai (onnx, fp32, cpu) at {url}; {where}"
+    assert lines[-1].strip() == expected, lines
+
+
+def test_models_filters_and_fits_the_terminal(capsys, monkeypatch) -> None:
+    """``clipserve models`` printed 202 rows up to 376 characters wide, with no way to narrow them."""
+    import os
+    import shutil
+    import sys
+
+    assert main(["models", "--search", "vit-b-32", "--torch-free"]) == 0
+    rows = capsys.readouterr().out.split("\n\n")[0].splitlines()[1:]
+    published = ("immich", "clip-as-service", "fastembed")
+    assert rows and all("vit-b-32" in row.split()[0].lower() for row in rows)
+    assert all(any(p in row for p in published) for row in rows)
+    assert main(["models", "--family", "mclip"]) == 0
+    rows = capsys.readouterr().out.split("\n\n")[0].splitlines()[1:]
+    assert rows and all(row.split()[1] == "mclip" for row in rows)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a: os.terminal_size((80, 24)))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("\n\n")[0].splitlines()
+    assert len(table) > 150 and max(map(len, table)) <= 80
+    assert "hidden to fit the terminal: tokenizer" in out
+    assert main(["models", "--family", "nope"]) == 2
+    assert "--family is one of audioclip, mclip, open_clip" in capsys.readouterr().err

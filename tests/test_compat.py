@@ -127,6 +127,17 @@ def test_weaviate_vectorize_equals_encode(server, photos) -> None:
     assert empty == {"textVectors": [], "imageVectors": []}
 
 
+def test_weaviate_vectorize_without_a_content_type(server) -> None:
+    """Weaviate's multi2vec-clip client up to v1.25 (``vectorizer.go``) posts its JSON body with Go's
+    default headers and no Content-Type."""
+    body = json.dumps({"texts": ["a photo of a cat"], "images": []}).encode()
+    headers = {"User-Agent": "Go-http-client/1.1", "Accept-Encoding": "gzip", **AUTH}
+    answer = httpx.post(f"{server}/vectorize", content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert "content-type" not in {k.lower() for k in answer.request.headers}
+    same(answer.json()["textVectors"], encoded(server, [{"text": "a photo of a cat"}]))
+
+
 def test_weaviate_errors_are_its_shape(server, photos) -> None:
     bad = httpx.post(
         f"{server}/vectorize",
@@ -134,7 +145,8 @@ def test_weaviate_errors_are_its_shape(server, photos) -> None:
         headers=AUTH,
     )
     assert bad.status_code == 422
-    assert set(bad.json()) == {"error"} and "images[1]" in bad.json()["error"]
+    assert set(bad.json()) == {"error"} and "images[1]: " in bad.json()["error"]
+    assert "item " not in bad.json()["error"]  # named once, as Weaviate numbers it
     too_many = httpx.post(
         f"{server}/vectorize", json={"texts": ["t"] * 5, "images": [b64(photos[0])] * 4}, headers=AUTH
     )
@@ -305,17 +317,27 @@ def test_infinity_modalities_through_openais_client(server, photos, loopback_fil
     assert [m["id"] for m in listed["data"]] == [NAME]
 
 
-def test_infinity_errors_are_openais_shape(server, photos) -> None:
+def test_infinity_errors_are_infinitys(server, photos) -> None:
+    """infinity answers a bad input with 400 (OpenAI's client raises ``BadRequestError``), and its
+    error's ``code`` is the HTTP status."""
+    from openai import BadRequestError, OpenAI
+
     for body, status, says in [
-        ({"input": [data_uri(b"RIFF....WAVE", "audio/wav")], "modality": "image"}, 422, "audio"),
+        ({"input": [data_uri(b"RIFF....WAVE", "audio/wav")], "modality": "image"}, 400, "audio"),
         ({"input": ["a"], "model": "ViT-H-14::laion2b_s32b_b79k"}, 404, "not served"),
-        ({"input": ["a"], "dimensions": 256}, 422, "dimensions"),
-        ({"input": [data_uri(b"junk")], "modality": "image"}, 422, "image"),
+        ({"input": ["a"], "dimensions": 256}, 400, "dimensions"),
+        ({"input": [data_uri(b"junk")], "modality": "image"}, 400, "image"),
         ({"input": ["a"] * (MAX_ITEMS + 1)}, 413, "limit"),
     ]:
         answer = httpx.post(f"{server}/embeddings", json=body, headers=AUTH)
         assert answer.status_code == status, (body, answer.text)
-        assert says in answer.json()["error"]["message"], answer.text
+        error = answer.json()["error"]
+        assert says in error["message"] and error["code"] == status, answer.text
+    client = OpenAI(base_url=server, api_key=KEY)
+    with pytest.raises(BadRequestError, match="item 1: "):
+        client.embeddings.create(
+            model=NAME, input=[data_uri(photos[0]), data_uri(b"junk")], extra_body={"modality": "image"}
+        )
 
 
 # -- the same limits and metrics for all --------------------------------------------------------------

@@ -90,3 +90,31 @@ def test_the_docs_show_commands() -> None:
 )
 def test_every_command_shown_parses(page: str, words: list[str]) -> None:
     build_parser().parse_args(words)
+
+
+def test_the_docs_offer_no_refused_flag_and_no_refused_form() -> None:
+    """The API key is never a flag (``ps`` shows flags): only ``--api-key-file`` or the variable; and
+    several models never take one ``--weights``."""
+    for page in [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]:
+        text = page.read_text()
+        assert not re.search(r"--api-key(?!-file)(?!` is refused)", text), page.name
+        assert "apply to one model only" not in text, page.name
+
+
+def test_the_cli_reference_is_every_commands_help() -> None:
+    """docs/cli.md was 13 lines about ``encode`` only: it is now generated from the parser."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "docs" / "hooks"))
+    from generated import cli_reference
+
+    from clipserve.cli import build_parser, subcommands
+
+    reference = cli_reference()
+    names = list(subcommands(build_parser()))
+    assert names == ["models", "export", "encode", "index", "search", "dedup", "serve", "cache"]
+    for name in names:
+        assert f"### `clipserve {name}`" in reference and f"usage: clipserve {name}" in reference
+    assert "--like" in reference and "--torch-free" in reference
+    assert "``" not in reference.replace("```", ""), "reST markup in a help text"
+    assert "<!-- generated: cli -->" in (REPO / "docs" / "cli.md").read_text()

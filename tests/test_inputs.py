@@ -46,8 +46,8 @@ def test_modality_rules(photo_paths, tmp_path) -> None:
             Image.open(photo_paths[0]),
             np.zeros((4, 4, 3), np.uint8),
             np.zeros((3, 224, 224), np.float32),
-            "https://example.com/cat.jpg",
-            str(tmp_path / "missing.png"),
+            "https://example.com/cats",
+            "24/7 and/or w/o",
             "",
             _wav(),
             tmp_path / "clip.bin",  # audio by content, whatever the name says
@@ -64,7 +64,7 @@ def test_modality_rules(photo_paths, tmp_path) -> None:
         ("image", "array"),
         ("image", "pixels"),
         ("text", "text"),  # URLs are text unless allowed
-        ("text", "text"),  # a path that names no file is text
+        ("text", "text"),  # slashes alone do not make a path
         ("text", "text"),
         ("audio", "bytes"),
         ("audio", "path"),
@@ -73,9 +73,35 @@ def test_modality_rules(photo_paths, tmp_path) -> None:
     assert decode_data_uri(items[3].value) == png
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["photos/catt.jpg", "CAT.PNG", "./photos/cat", "~/missing/cat", "/no/such/clip.wav", "{tmp}/missing"],
+)
+def test_a_mistyped_path_is_refused_not_embedded_as_text(value: str, tmp_path) -> None:
+    value = value.format(tmp=tmp_path)
+    with pytest.raises(InvalidInput, match="looks like a file path, but no such file exists") as info:
+        to_list(["a cat", value])
+    assert info.value.index == 1 and value in str(info.value) and "pass it as text" in str(info.value)
+    assert to_item(0, "my holiday photos/cat.jpg (a caption)").kind == "text"  # spaces: a caption
+
+
+def test_an_image_url_is_refused_while_urls_are_off() -> None:
+    with pytest.raises(InvalidInput, match="URLs are off: allow_url=True"):
+        to_item(3, "https://example.com/cat.jpg")
+
+
+def test_a_2d_float_array_given_as_an_image_says_what_shapes_are_accepted(new_encoder, onnx_export) -> None:
+    encoder = new_encoder(weights=onnx_export("ViT-B-32::openai"))
+    with pytest.raises(
+        InvalidInput, match=r"not an image: an array of float32 \[4, 4\] reads as audio"
+    ) as info:
+        encoder.encode_image([np.zeros((4, 4), np.float32)])
+    assert "uint8 [H, W, 3]" in str(info.value) and "float [3, H, W]" in str(info.value)
+
+
 def test_urls_are_images_only_when_allowed() -> None:
     assert to_item(0, "https://example.com/cat.jpg", allow_url=True).kind == "url"
-    assert to_item(0, "http://example.com/cat.jpg", allow_url=False).kind == "text"
+    assert to_item(0, "http://example.com/cats", allow_url=False).kind == "text"
 
 
 def test_percent_encoded_data_uri() -> None:
@@ -108,7 +134,7 @@ def test_wire_and_openai_items_stay_undecoded() -> None:
     [
         ("data:text/plain;base64,aGVsbG8=", "neither an image nor audio"),
         ("data:image/png;base64", "malformed data URI"),
-        (np.zeros((3, 4), np.int32), "arrays must be"),
+        (np.zeros((3, 4), np.int32), "none of the accepted shapes: arrays are images as uint8"),
         (12345, "unsupported input type int"),
         ({"text": "dicts are not inputs"}, "unsupported input type dict"),
     ],

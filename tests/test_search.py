@@ -402,3 +402,51 @@ def test_exact_search_of_small_rows_by_usearch_equals_numpys(dtype, monkeypatch)
     plain = derived.Vectors(keys, rows).exact(query, 20)
     assert fast[0][0] == plain[0][0] and len(set(fast[0].tolist()) & set(plain[0].tolist())) >= 18
     assert np.abs(np.sort(fast[1]) - np.sort(plain[1])).max() < 0.005
+
+
+def test_a_rerun_with_only_a_bad_file_writes_no_new_generation(encoder, photos, tmp_path) -> None:
+    """Each rerun over a folder holding one bad file wrote new keys-gN/vectors-gN files."""
+    (photos / "broken.png").write_bytes(b"not a png")
+    index, first = build(tmp_path / "index", encoder, [photos])
+    assert [Path(i).name for i, _ in first.bad] == ["broken.png"]
+    files = sorted(p.name for p in (tmp_path / "index").iterdir())
+    again = index.update(entries_from([photos], media_filter(False)))
+    assert again.generation == first.generation and again.embedded == 0 and len(again.bad) == 1
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == files
+
+
+def test_like_takes_a_files_path_relative_to_the_working_directory(
+    encoder, photos, tmp_path, monkeypatch
+) -> None:
+    """``--like photos/chelsea.png`` found no item: files are indexed by their absolute path."""
+    index, _ = build(tmp_path / "index", encoder, [photos])
+    monkeypatch.chdir(photos.parent)
+    relative = index.search(like="photos/chelsea.png", k=3)
+    absolute = index.search(like=str(photos / "chelsea.png"), k=3)
+    assert [h.id for h in relative] == [h.id for h in absolute] and len(relative) == 3
+    assert str((photos / "chelsea.png").resolve()) not in [h.id for h in relative]
+    with pytest.raises(InvalidInput, match=r"no item 'photos/missing\.png'"):
+        index.search(like="photos/missing.png")
+
+
+def test_an_index_says_which_weights_it_was_built_with(
+    encoder, photos, tmp_path, monkeypatch, capsys
+) -> None:
+    """``clipserve search DIR ...`` failed with WeightsUnavailable after a build with local weights;
+    the index records where they were, and the error gives the command, but never loads them itself."""
+    from clipserve.cli import main
+
+    weights = encoder.settings.weights  # the random checkpoint the encoder was built from
+    index, _ = build(tmp_path / "index", encoder, [photos])
+    index.close()
+    empty_cache = ["--cache-dir", str(tmp_path / "empty-cache")]
+    search = ["search", str(tmp_path / "index"), "a photo of a cat", "-k", "2", "--json", *empty_cache]
+    assert main(search) == 2
+    said = capsys.readouterr().err
+    assert f"was built with the weights {Path(weights).resolve()}" in said
+    assert f"`clipserve search INDEX QUERY --weights {Path(weights).resolve()}`" in said
+    monkeypatch.setenv("CLIPSERVE_WEIGHTS", str(weights))
+    assert (
+        main(["search", str(tmp_path / "index"), "a photo of a cat", "-k", "2", "--json", *empty_cache]) == 0
+    )
+    assert len(capsys.readouterr().out.splitlines()) == 2

@@ -131,6 +131,30 @@ def test_clip_back_api(served) -> None:
     assert post(url, "/knn-service", {"modality": "image", "num_images": 3}).status_code == 422
 
 
+def test_clip_retrievals_own_client_queries_the_index(served, encoder_for) -> None:
+    """clip-retrieval's ``ClipClient`` (2.45), unmodified, posts its JSON with no Content-Type header;
+    loaded from its file, since the package's ``__init__`` imports its own server (flask, faiss...)."""
+    import importlib.util
+
+    package = importlib.util.find_spec("clip_retrieval")
+    assert package is not None, "`make setup` installs clip-retrieval (--no-deps)"
+    spec = importlib.util.spec_from_file_location(
+        "clip_client", os.path.join(os.path.dirname(package.origin), "clip_client.py")
+    )
+    clip_client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(clip_client)
+    _, index, _ = served
+    weights = encoder_for(NAME, "onnx").info()["weights"]
+    with running_server(index=str(index.directory), weights=weights) as (url, _):
+        client = clip_client.ClipClient(
+            url=f"{url}/knn-service", indice_name="index", num_images=3, deduplicate=False,
+            use_safety_model=False, use_violence_detector=False,
+        )  # fmt: skip
+        results = client.query(text="a photo of a cat")
+    expected = index.search("a photo of a cat", k=3, filter={"modality": "image"}, modality="text")
+    assert [r["image_path"] for r in results] == [h.metadata["path"] for h in expected]
+
+
 def test_item_keys_past_sqlites_integers_are_refused_not_500(served) -> None:
     """Round 3: an id of 2**63 raised ``OverflowError`` in SQLite (an unhandled 500)."""
     url, _, _ = served

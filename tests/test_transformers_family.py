@@ -15,7 +15,7 @@ import transformers
 from PIL import Image
 
 from clipserve.encoder import Encoder
-from clipserve.errors import UnknownModel, UnsupportedModel
+from clipserve.errors import UnknownModel, UnsupportedModel, WeightsUnavailable
 from clipserve.preprocess.hf_image import HfImagePreprocessor, HfImageSettings
 from clipserve.preprocess.image import ImagePreprocessor
 from clipserve.zoo import get_spec
@@ -132,6 +132,10 @@ def reference_vectors(name: str, directory, images, texts) -> tuple[np.ndarray |
                 text_vectors = getattr(out, "pooler_output", out).numpy()
             else:
                 text_vectors = model(**inputs).text_embeds.numpy()
+    # Alive: inputs that differ get vectors further apart than the tests' tolerances.
+    for vectors in (image_vectors, text_vectors):
+        if vectors is not None:
+            assert cosines(vectors[:1], vectors[2:3])[0] < 0.999, f"{name}: reference vectors alike"
     return image_vectors, text_vectors
 
 
@@ -161,6 +165,28 @@ def test_vectors_equal_transformers_on_both_backends(models, name, photo_paths, 
                 )  # batches cut at their longest: exact
             else:
                 assert encoder.modalities == ("image",)
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip", "siglip2", "chinese_clip"])
+def test_a_fine_tuned_model_saved_with_its_whole_processor_loads(models, name, photo_paths, tmp_path) -> None:
+    """transformers 5's ``processor.save_pretrained(dir)`` writes ``processor_config.json`` (the image
+    processor nested in it) and no ``preprocessor_config.json``: the usual way to save a fine-tune."""
+    import shutil
+
+    saved = tmp_path / "fine-tuned"
+    shutil.copytree(models[name], saved)
+    (saved / "preprocessor_config.json").unlink()
+    with pytest.raises(WeightsUnavailable, match=r"processor_config\.json"):
+        Encoder(str(saved), backend="torch", cache_dir=tmp_path / "cache")
+    transformers.AutoProcessor.from_pretrained(models[name]).save_pretrained(saved)
+    assert (saved / "processor_config.json").is_file() and not (saved / "preprocessor_config.json").exists()
+    inputs = [str(photo_paths[0]), str(photo_paths[1]), "a photo of a cat"]
+    with (
+        Encoder(str(saved), backend="torch", cache_dir=tmp_path / "cache") as fine_tuned,
+        Encoder(str(models[name]), backend="torch", cache_dir=tmp_path / "cache") as original,
+    ):
+        assert fine_tuned.spec.hf_processor == original.spec.hf_processor
+        assert cosines(fine_tuned.encode(inputs), original.encode(inputs)).min() >= 0.99999
 
 
 def test_short_texts_run_short_where_the_tower_allows(models, cache_root) -> None:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -168,3 +169,81 @@ def test_a_hub_folder_without_its_config_loads_as_the_named_zoo_model(
     assert locate_tokenizer(siglip, EngineSettings(), weights, tmp_path / "cache") == folder
     with pytest.raises(WeightsUnavailable, match="neither a checkpoint file"):
         explicit_weights(siglip, tmp_path)  # a folder of neither
+
+
+LOADS_ONLINE = """
+import json, sys, time
+from clipserve.encoder import Encoder
+from clipserve.errors import WeightsUnavailable
+
+started, messages = time.monotonic(), []
+for model, source in (("ViT-B-32::openai", "immich"), ("ViT-B-32::laion2b_s34b_b79k", "checkpoint")):
+    try:
+        Encoder(model, source=source, cache_dir=sys.argv[1])
+    except WeightsUnavailable as exc:
+        messages.append(str(exc))
+print(json.dumps({"seconds": time.monotonic() - started, "messages": messages}))
+"""
+
+
+def load_online(hub: str, cache) -> dict:
+    """Two loads with downloads on, in a process whose Hugging Face hub is ``hub`` (``HF_ENDPOINT``,
+    which the hub library reads once, at import): a stand-in on loopback."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CLIPSERVE_OFFLINE", "HF_HUB_OFFLINE")}
+    env |= {"HF_ENDPOINT": hub, "HF_HOME": str(cache / "hf-home")}
+    run = subprocess.run(
+        [sys.executable, "-c", LOADS_ONLINE, str(cache)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def test_an_unreachable_hub_fails_at_once_with_what_to_do(tmp_path) -> None:
+    """A hub that takes connections and never answers cost ~50 s of retries before any error."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections complete, and nothing is ever read or answered
+    try:
+        loads = load_online(f"http://127.0.0.1:{silent.getsockname()[1]}", tmp_path)
+    finally:
+        silent.close()
+    assert loads["seconds"] < 9  # one 5 s check, remembered for the second load
+    assert len(loads["messages"]) == 2
+    for message in loads["messages"]:
+        assert "unreachable" in message and "did not answer" in message and "CLIPSERVE_OFFLINE=1" in message
+
+
+class _NotFound(BaseHTTPRequestHandler):
+    def do_HEAD(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_failed_download_leaves_nothing_in_the_cache(tmp_path) -> None:
+    """``cache list`` showed an empty ``checkpoints/…`` entry left by a failed download."""
+    import threading
+
+    from clipserve.cache import entries
+
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)  # a hub where nothing exists
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    try:
+        loads = load_online(f"http://127.0.0.1:{hub.server_address[1]}", tmp_path)
+    finally:
+        hub.shutdown()
+    assert len(loads["messages"]) == 2 and "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in loads["messages"][1]
+    assert entries(tmp_path) == []
+    assert not (tmp_path / "checkpoints" / "ViT-B-32" / "laion2b_s34b_b79k").exists()

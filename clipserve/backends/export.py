@@ -8,11 +8,15 @@ exporter is used: the legacy tracer freezes the attention reshapes to the traced
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from clipserve.backends.torch import ImageTower, TextTower, load_open_clip_model
 from clipserve.weights import EXPORT_FORMAT, staged_dir, write_export_meta
@@ -47,22 +51,30 @@ def export_model(
     The export is written beside ``out_dir`` first and renamed into place, so a crash or a
     concurrent export never leaves a half-written model where the runtime looks.
     """
-    with staged_dir(out_dir) as staging:
+    towers = ["image tower", "text tower", *(extra_towers or {})]
+    progress = tqdm(total=len(towers), desc=f"exporting {spec.name} to ONNX", unit="tower", disable=None)
+    with staged_dir(out_dir) as staging, progress, quiet_exporter():
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         height, width = spec.image_size
         log.info("exporting %s image tower to ONNX", spec.name)
         pixels = torch.randn(2, 3, height, width)
+        progress.set_postfix_str("image tower")
         _export(ImageTower(model), pixels, "pixels", {0: batch}, staging / "image.onnx")
+        progress.update()
         dynamic_length = spec.text_truncatable
         text_axes = {0: batch}
         if dynamic_length:
             text_axes[1] = torch.export.Dim("length", min=2, max=spec.context_length)
         log.info("exporting %s text tower to ONNX (dynamic length: %s)", spec.name, dynamic_length)
         tower = TextTower(model, spec.text_trim, spec.eos_id)
+        progress.set_postfix_str("text tower")
         _export(tower, example_tokens(spec), "tokens", text_axes, staging / "text.onnx")
+        progress.update()
         for name, (module, example, input_name, axes) in (extra_towers or {}).items():
             log.info("exporting %s %s to ONNX", spec.name, name)
+            progress.set_postfix_str(name)
             _export(module, example, input_name, axes, staging / name)
+            progress.update()
         meta = {
             "model": spec.name,
             "spec": dataclasses.asdict(spec),
@@ -78,6 +90,23 @@ def export_model(
         }
         write_export_meta(staging, meta, tokenizer_dir)
     return out_dir
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """The exporters' own chatter off (onnxscript's "Skipping constant folding" warnings, torch's
+    notes on dynamic axes): the progress bar says what runs, and errors still raise."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "torch.onnx", "torch.export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def example_tokens(spec: ModelSpec) -> torch.Tensor:

@@ -190,6 +190,7 @@ KEY_FILES = (
     OPEN_CLIP_CONFIG,
     "config.json",
     "preprocessor_config.json",
+    "processor_config.json",
     *CHECKPOINT_NAMES,
     "tokenizer.json",
 )

@@ -371,8 +371,10 @@ def fetch_snapshot(repo: str, cache: Path, patterns: tuple[str, ...] | None = No
     """
     from huggingface_hub import snapshot_download
 
-    from clipserve.weights import offline
+    from clipserve.weights import hub_unreachable, hub_unreachable_note, offline
 
+    if not offline() and (reason := hub_unreachable()):
+        raise WeightsUnavailable(f"the hub repo {repo} could not be fetched. {hub_unreachable_note(reason)}")
     try:
         snapshot = Path(
             snapshot_download(

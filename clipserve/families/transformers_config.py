@@ -21,9 +21,19 @@ from clipserve.zoo import ModelSpec
 FAMILY = "transformers"
 CONFIG = "config.json"
 PROCESSOR = "preprocessor_config.json"
+PROCESSOR_BUNDLE = "processor_config.json"
+"""What ``save_pretrained`` of a whole processor writes in transformers 5, the image processor's
+settings nested under ``image_processor`` (transformers 4 wrote them to ``preprocessor_config.json``)."""
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-HUB_FILES = (CONFIG, PROCESSOR, *TOKENIZER_FILES, *WEIGHT_FILES, "model.safetensors.index.json")
+HUB_FILES = (
+    CONFIG,
+    PROCESSOR,
+    PROCESSOR_BUNDLE,
+    *TOKENIZER_FILES,
+    *WEIGHT_FILES,
+    "model.safetensors.index.json",
+)
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 """A hub repo id: ``owner/name``."""
 
@@ -119,11 +129,13 @@ def spec_from_directory(directory: Path, name: str | None = None) -> ModelSpec:
     """The spec of the transformers model in ``directory``, named ``name`` (default: the path)."""
     cls, architecture = check_supported(directory)
     config = read_config(directory)
-    processor = _json_or_empty(directory / PROCESSOR)
+    processor = image_processor_config(directory)
     if "image" in architecture.modalities and not processor:
         raise WeightsUnavailable(
-            f"{directory} has no {PROCESSOR}: the image processing of a {cls} comes from it (save the "
-            "model's processor beside it: AutoProcessor.from_pretrained(...).save_pretrained(directory))"
+            f"{directory} has no image processor settings ({PROCESSOR}, or {PROCESSOR_BUNDLE} with an "
+            f"image_processor entry): the image processing of a {cls} comes from them. Save the processor "
+            "the model was trained with beside it: AutoProcessor.from_pretrained(BASE_MODEL)"
+            ".save_pretrained(directory)"
         )
     image = HfImageSettings.from_config(processor) if processor else HfImageSettings()
     text_config = config.get("text_config", config)
@@ -172,6 +184,14 @@ def _context_length(text_config: dict, tokenizer: dict) -> int:
     return min(positions, int(given)) if isinstance(given, int | float) and given < 10**6 else positions
 
 
+def image_processor_config(directory: Path) -> dict:
+    """The image processor's settings a transformers model directory holds: ``preprocessor_config.json``
+    (transformers 4, or an image processor saved on its own), else the ``image_processor`` entry of
+    ``processor_config.json`` (a whole processor saved by transformers 5); ``{}`` when neither has them."""
+    own = _json_or_empty(directory / PROCESSOR)
+    return own or _json_or_empty(directory / PROCESSOR_BUNDLE).get("image_processor", {})
+
+
 def _json_or_empty(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -190,6 +210,8 @@ def hub_snapshot(repo: str, offline: bool) -> Path:
     """
     from huggingface_hub import constants, snapshot_download
 
+    from clipserve.weights import hub_unreachable, hub_unreachable_note
+
     looked = [f"the Hugging Face cache {constants.HF_HUB_CACHE} (set HF_HUB_CACHE or HF_HOME for another)"]
     try:
         return Path(snapshot_download(repo, allow_patterns=list(HUB_FILES), local_files_only=True))
@@ -198,13 +220,16 @@ def hub_snapshot(repo: str, offline: bool) -> Path:
     if offline:
         looked.append("downloads skipped: offline (CLIPSERVE_OFFLINE or HF_HUB_OFFLINE is set)")
     else:
-        try:
-            return Path(snapshot_download(repo, allow_patterns=list(HUB_FILES)))
-        except Exception as exc:
-            looked.append(f"Hugging Face Hub {repo}: {type(exc).__name__}: {exc}")
+        if reason := hub_unreachable():
+            looked.append(hub_unreachable_note(reason))
+        else:
+            try:
+                return Path(snapshot_download(repo, allow_patterns=list(HUB_FILES)))
+            except Exception as exc:
+                looked.append(f"Hugging Face Hub {repo}: {type(exc).__name__}: {exc}")
     places = "\n".join(f"  - {place}" for place in looked)
     raise UnknownModel(
         f"{repo!r} is not in the zoo, and no transformers model of that hub repo was found. Looked in:\n"
-        f"{places}\nPass a local directory (config.json, the weights, preprocessor_config.json and the "
-        "tokenizer files, as save_pretrained writes them), or `clipserve models` for the zoo's names."
+        f"{places}\nPass a local directory (config.json, the weights, the processor's and the tokenizer's "
+        "files, as save_pretrained writes them), or `clipserve models` for the zoo's names."
     )

@@ -125,6 +125,7 @@ class Index:
                 dtype=dtype,
                 approximate_from=approximate_from,
                 generation=0,
+                weights=_weights_origin(encoder),
             )
         return cls(directory, store, encoder)
 
@@ -146,6 +147,19 @@ class Index:
     def zoo_model(self) -> str:
         """The index's model as a zoo name (see :func:`zoo_model_of`)."""
         return zoo_model_of(self.model, f"the index {self.directory}")
+
+    def weights_advice(self, command: str) -> str:
+        """How to give the weights this index was built with, for ``command`` (e.g. ``clipserve
+        search DIR ...``), or ``""`` when it was built with the model's own download. The index only
+        says where they were: they load only when the operator names them."""
+        weights = self.store.info().get("weights")
+        if not weights:
+            return ""
+        return (
+            f"the index {self.directory} was built with the weights {weights}: give them, as "
+            f"`{command} --weights {weights}`, CLIPSERVE_WEIGHTS={weights}, or `weights:` in the settings "
+            "file"
+        )
 
     @property
     def encoder(self):
@@ -240,6 +254,9 @@ class Index:
             if progress is not None:
                 progress(len(part))
         failed_changed = [i for i in changed if i in set(failed)]  # its old vector is stale: it goes
+        if not (report.embedded or from_vectors or done or removed or failed_changed):
+            report.generation = self.store.generation  # only failures: nothing to write
+            return report
         previous = self.store.current()
         report.generation = self.store.commit(
             replaced=[i for i in changed if i not in set(failed)],
@@ -306,13 +323,24 @@ class Index:
                 self._vectors, self._generation = found, generation
             return self._generation, self._vectors
 
+    def key_of(self, identifier: str) -> int | None:
+        """The key of an item's id; a file's id may also be given as a path relative to the working
+        directory (or with ``~``), since files are indexed by their absolute path."""
+        key = self.store.key_of(identifier)
+        if key is None and identifier:
+            try:
+                key = self.store.key_of(str(Path(identifier).expanduser().resolve()))
+            except (OSError, ValueError, RuntimeError):
+                return None
+        return key
+
     def query_vector(
         self, query: Any = None, *, like: str | None = None, modality: str | None = None
     ) -> np.ndarray:
         """The unit vector of a query: an item's id (``like``), a vector, or an input the encoder
         takes (a text, an image, an audio clip; ``modality`` forces one)."""
         if like is not None:
-            key = self.store.key_of(like)
+            key = self.key_of(like)
             if key is None:
                 raise InvalidInput(f"no item {like!r} in the index")
             return self.store.vector_of(key)
@@ -383,7 +411,7 @@ class Index:
         else:
             keys, scores = current.exact(query_vector, want, allowed)
         if like is not None:
-            own = self.store.key_of(like)
+            own = self.key_of(like)
             kept = keys != own
             keys, scores = keys[kept], scores[kept]
         if dedup:
@@ -531,3 +559,9 @@ def _deduplicated(
 
 
 __all__ = ["Entry", "Hit", "Index", "IndexMismatch", "ModelNotNamed", "UpdateReport", "zoo_model_of"]
+
+
+def _weights_origin(encoder) -> str | None:
+    """Where the operator's weights came from (an absolute path), or None for the model's download."""
+    given = encoder.settings.weights
+    return str(Path(given).expanduser().resolve()) if given else None

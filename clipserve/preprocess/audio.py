@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from clipserve.errors import InvalidInput, Overloaded, echo
+from clipserve.inputs import AUDIO_SUFFIXES
 from clipserve.preprocess.budget import Deadline, DecodeBudget, DecodeTimeout
 
 DECODE_OVERHEAD = 4 * 1024 * 1024
@@ -39,7 +40,6 @@ DECODE_OVERHEAD = 4 * 1024 * 1024
 SAMPLE_RATE = 44_100
 WINDOW = 5 * SAMPLE_RATE
 ALLOWED_FORMATS = ("WAV", "WAVEX", "RF64", "FLAC", "OGG", "MP3")
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"})
 MIN_RATE, MAX_RATE = 1_000, 768_000
 MAX_CHANNELS = 32
 SAMPLES_PER_SECOND = 384_000

@@ -28,15 +28,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from clipserve.errors import InvalidInput, echo
+from clipserve.inputs import IMAGE_SUFFIXES
 from clipserve.preprocess.budget import Deadline, DecodeBudget, DecodeTimeout
 from clipserve.zoo import ModelSpec
 
 log = logging.getLogger(__name__)
 
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif", ".heic", ".heif"}
-)
 JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 """Pillow's names of JPEG files: their decoder can scale down while decoding (libjpeg's DCT scaling
 by 1/2, 1/4, 1/8), and torchvision decodes them as tensors."""

@@ -9,8 +9,8 @@ The API also labels the request metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 ErrorShape = Callable[[int, str, str, "int | None"], dict]
 """``(status, error name, detail, item index) -> body``."""
@@ -22,6 +22,11 @@ def clipserve_error(status: int, error: str, detail: str, index: int | None) -> 
 
 def openai_error(status: int, error: str, detail: str, index: int | None) -> dict:
     return {"error": {"message": detail, "type": error, "param": None, "code": index}}
+
+
+def infinity_error(status: int, error: str, detail: str, index: int | None) -> dict:
+    """infinity's OpenAI-shaped error, whose ``code`` is the HTTP status."""
+    return {"error": {"message": detail, "type": error, "param": None, "code": status}}
 
 
 def weaviate_error(status: int, error: str, detail: str, index: int | None) -> dict:
@@ -46,6 +51,11 @@ def tei_error(status: int, error: str, detail: str, index: int | None) -> dict:
 class Api:
     name: str
     error_body: ErrorShape
+    statuses: Mapping[str, int] = field(default_factory=dict)
+    """The status an error (by name) answers with where this API's product differs from clipserve."""
+
+    def status_of(self, error: str, status: int) -> int:
+        return self.statuses.get(error, status)
 
 
 CLIPSERVE = Api("clipserve", clipserve_error)
@@ -53,7 +63,7 @@ OPENAI = Api("openai", openai_error)
 WEAVIATE = Api("weaviate", weaviate_error)
 IMMICH = Api("immich", immich_error)
 TEI = Api("tei", tei_error)
-INFINITY = Api("infinity", openai_error)
+INFINITY = Api("infinity", infinity_error, {"InvalidInput": 400})  # infinity: 400, OpenAI's BadRequest
 
 COMPAT_PATHS: dict[str, Api] = {
     "/vectorize": WEAVIATE,

@@ -122,7 +122,12 @@ class OffLoopJSONRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
-            return await handler(OffLoopJSONRequest(request.scope, request.receive))
+            scope = request.scope
+            if not any(name == b"content-type" for name, _ in scope["headers"]):
+                # A body without a Content-Type is JSON here, as on the peers' servers: some of their
+                # clients send none (clip-retrieval's ClipClient, Weaviate's multi2vec-clip to 1.25).
+                scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
+            return await handler(OffLoopJSONRequest(scope, request.receive))
 
         return route
 
@@ -143,12 +148,14 @@ def error_response(
     (``retry_after_s``, else 1 s). The error's name is kept for the metrics (``state["error"]``)."""
     scope.setdefault("state", {})["error"] = error
     detail = echo(detail, 2000)
+    api = api_of(scope["path"], scope.get("method", "GET"))
+    status = api.status_of(error, status)
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if status == Overloaded.http_status:
         headers["Retry-After"] = str(math.ceil(retry_after_s)) if retry_after_s else RETRY_AFTER_S
-    body = api_of(scope["path"], scope.get("method", "GET")).error_body(status, error, detail, index)
+    body = api.error_body(status, error, detail, index)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

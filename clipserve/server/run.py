@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -82,8 +83,41 @@ def uvicorn_config(app, settings: ServerSettings, log_level: str = "warning") ->
     )
 
 
+class AnnouncedServer(uvicorn.Server):
+    """uvicorn's server, saying in one line, once it listens, where and what it serves."""
+
+    def __init__(self, config: uvicorn.Config, announcement: str) -> None:
+        super().__init__(config)
+        self.announcement = announcement
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            print(self.announcement, file=sys.stderr, flush=True)
+
+
+def announcement(app, settings: ServerSettings) -> str:
+    """``serving MODEL (backend, precision, device) at URL; playground URL/, API docs URL/docs``."""
+    scheme = "https" if settings.ssl_certfile else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"{scheme}://{host}:{settings.port}"
+    models = []
+    for model in app.state.models.models.values():
+        info = model.describe()
+        runs = [str(info[k]) for k in ("backend", "precision", "device") if info.get(k)]
+        if info["state"] != "ready":
+            runs.append("loads on its first request")
+        models.append(f"{model.name} ({', '.join(runs)})")
+    where = [f"playground {url}/"] if settings.playground else []
+    everywhere = " (all interfaces)" if settings.host in ("0.0.0.0", "::") else ""
+    return f"clipserve: serving {', '.join(models)} at {url}{everywhere}; " + ", ".join(
+        [*where, f"API docs {url}/docs"]
+    )
+
+
 def serve(settings: ServerSettings, verbose: bool = False) -> None:
     """Load the model, then serve until SIGTERM/SIGINT (requests in flight are finished first)."""
     tune_malloc()  # before the model and the server start their threads
     app = create_app(settings)  # loads the model now: a bad model or weights fails before binding
-    uvicorn.Server(uvicorn_config(app, settings, "info" if verbose else "warning")).run()
+    config = uvicorn_config(app, settings, "info" if verbose else "warning")
+    AnnouncedServer(config, announcement(app, settings)).run()

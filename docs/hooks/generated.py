@@ -4,6 +4,8 @@
 - ``<!-- generated: zoo -->`` becomes the table of every zoo model (``clipserve.zoo``).
 - ``<!-- generated: api -->`` becomes the endpoint reference, from the server's OpenAPI schema
   (every compat API on; no model is loaded).
+- ``<!-- generated: cli -->`` becomes the command reference: each command's ``--help``, from the
+  parser itself.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 ZOO_MARK = "<!-- generated: zoo -->"
 API_MARK = "<!-- generated: api -->"
 README_MARK = "<!-- generated: readme -->"
+CLI_MARK = "<!-- generated: cli -->"
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
@@ -25,7 +28,23 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         markdown = markdown.replace(ZOO_MARK, zoo_table())
     if API_MARK in markdown:
         markdown = markdown.replace(API_MARK, api_reference())
+    if CLI_MARK in markdown:
+        markdown = markdown.replace(CLI_MARK, cli_reference())
     return markdown
+
+
+def cli_reference() -> str:
+    """Each command's ``--help`` (80 columns), under a heading of its own."""
+    import os
+
+    from clipserve.cli import build_parser, subcommands
+
+    os.environ["COLUMNS"] = "80"  # argparse wraps at the terminal's width
+    parser = build_parser()
+    sections = [f"```text\n{parser.format_help().rstrip()}\n```"]
+    for name, command in subcommands(parser).items():
+        sections.append(f"### `clipserve {name}`\n\n```text\n{command.format_help().rstrip()}\n```")
+    return "\n\n".join(sections)
 
 
 def zoo_table() -> str:

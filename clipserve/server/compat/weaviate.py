@@ -44,7 +44,7 @@ def router(pool: ModelPool, settings: ServerSettings) -> APIRouter:
             if exc.index is None:
                 raise
             where = f"texts[{exc.index}]" if exc.index < len(texts) else f"images[{exc.index - len(texts)}]"
-            raise InvalidInput(f"{where}: {exc.reason}", exc.index) from exc
+            raise InvalidInput(f"{where}: {exc.reason}") from exc  # named once, as Weaviate numbers it
         return {"textVectors": vectors[: len(texts)].tolist(), "imageVectors": vectors[len(texts) :].tolist()}
 
     @routes.get("/meta")
