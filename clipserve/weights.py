@@ -250,6 +250,8 @@ def hub_unreachable() -> str | None:
     import httpx
     from huggingface_hub import constants
 
+    if constants.is_offline_mode():  # the hub client refuses at once by itself: nothing to probe
+        return None
     checked_at, reason = _hub_probe
     if time.monotonic() - checked_at < HUB_PROBE_MEMORY_S:
         return reason

@@ -13,7 +13,8 @@ NAME = "ViT-B-32::openai"
 def test_models_lists_the_table(capsys) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    table, transformers, sources, precisions = out.split("\n\n")
+    table, count, transformers, sources, precisions = out.split("\n\n")
+    assert count == f"{len(table.splitlines()) - 1} models"
     assert table.splitlines()[0].split() == [
         "name",
         "family",

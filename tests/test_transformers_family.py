@@ -189,6 +189,25 @@ def test_a_fine_tuned_model_saved_with_its_whole_processor_loads(models, name, p
         assert cosines(fine_tuned.encode(inputs), original.encode(inputs)).min() >= 0.99999
 
 
+def test_an_export_is_quiet_and_says_its_stages(models, tmp_path, capfd, caplog) -> None:
+    """A transformers model's first ONNX load exports it: the log says each stage, and neither
+    torch's notes on dynamic axes (UserWarnings) nor transformers' weight-loading bar get through."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        Encoder(str(models["clip"]), cache_dir=tmp_path / "cache").close()
+    assert not [w for w in caught if "torch" in w.filename or "onnxscript" in w.filename], caught[0].message
+    assert "Loading weights" not in capfd.readouterr().err
+    stages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("exporting ")]
+    assert [stage.split(" to ONNX")[0].split(" ", 2)[2] for stage in stages] == [
+        "weights",
+        "image tower",
+        "text tower",
+    ], stages
+
+
 def test_short_texts_run_short_where_the_tower_allows(models, cache_root) -> None:
     expected = {
         "clip": "eos",

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -52,29 +52,22 @@ def export_model(
     concurrent export never leaves a half-written model where the runtime looks.
     """
     towers = ["image tower", "text tower", *(extra_towers or {})]
-    progress = tqdm(total=len(towers), desc=f"exporting {spec.name} to ONNX", unit="tower", disable=None)
-    with staged_dir(out_dir) as staging, progress, quiet_exporter():
+    with staged_dir(out_dir) as staging, exporting(spec.name, towers) as progress:
         batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         height, width = spec.image_size
-        log.info("exporting %s image tower to ONNX", spec.name)
         pixels = torch.randn(2, 3, height, width)
-        progress.set_postfix_str("image tower")
-        _export(ImageTower(model), pixels, "pixels", {0: batch}, staging / "image.onnx")
-        progress.update()
+        progress("image tower")
+        export_graph(ImageTower(model), (pixels,), ["pixels"], {"pixels": {0: batch}}, staging / "image.onnx")
         dynamic_length = spec.text_truncatable
         text_axes = {0: batch}
         if dynamic_length:
             text_axes[1] = torch.export.Dim("length", min=2, max=spec.context_length)
-        log.info("exporting %s text tower to ONNX (dynamic length: %s)", spec.name, dynamic_length)
         tower = TextTower(model, spec.text_trim, spec.eos_id)
-        progress.set_postfix_str("text tower")
-        _export(tower, example_tokens(spec), "tokens", text_axes, staging / "text.onnx")
-        progress.update()
+        progress(f"text tower (dynamic length: {dynamic_length})")
+        export_graph(tower, (example_tokens(spec),), ["tokens"], {"tokens": text_axes}, staging / "text.onnx")
         for name, (module, example, input_name, axes) in (extra_towers or {}).items():
-            log.info("exporting %s %s to ONNX", spec.name, name)
-            progress.set_postfix_str(name)
-            _export(module, example, input_name, axes, staging / name)
-            progress.update()
+            progress(name)
+            export_graph(module, (example,), [input_name], {input_name: axes}, staging / name)
         meta = {
             "model": spec.name,
             "spec": dataclasses.asdict(spec),
@@ -93,20 +86,57 @@ def export_model(
 
 
 @contextlib.contextmanager
+def exporting(model: str, towers: list[str]) -> Iterator[Callable[[str], None]]:
+    """Progress of an export of ``model``'s ``towers``, with the exporters quiet: yields
+    ``progress(tower)``, called as each tower starts (logged, and shown as a bar on a terminal)."""
+    bar = tqdm(total=len(towers), desc=f"exporting {model} to ONNX", unit="tower", disable=None)
+    started = []
+
+    def progress(tower: str) -> None:
+        if started:
+            bar.update()
+        started.append(tower)
+        log.info("exporting %s %s to ONNX", model, tower)
+        bar.set_postfix_str(tower)
+
+    with bar, quiet_exporter():
+        yield progress
+        bar.update()
+
+
+@contextlib.contextmanager
 def quiet_exporter() -> Iterator[None]:
     """The exporters' own chatter off (onnxscript's "Skipping constant folding" warnings, torch's
-    notes on dynamic axes): the progress bar says what runs, and errors still raise."""
+    notes on dynamic axes, transformers' weight-loading bar): the progress bar says what runs,
+    and errors still raise."""
     loggers = [logging.getLogger(name) for name in ("onnxscript", "torch.onnx", "torch.export")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), transformers_bars_off():
             warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def transformers_bars_off() -> Iterator[None]:
+    """transformers' progress bars (its "Loading weights" bar) off for the block, where installed."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        yield
+        return
+    was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            transformers_logging.enable_progress_bar()
 
 
 def example_tokens(spec: ModelSpec) -> torch.Tensor:
@@ -119,17 +149,19 @@ def example_tokens(spec: ModelSpec) -> torch.Tensor:
     return tokens
 
 
-def _export(module: torch.nn.Module, example: torch.Tensor, input_name: str, axes: dict, path: Path) -> None:
+def export_graph(module: torch.nn.Module, example: tuple, names: list[str], axes: dict, path: Path) -> None:
+    """Write ``module`` as the ONNX graph ``path``, traced on ``example`` (inputs ``names``, their
+    dynamic ``axes``), its output named ``embeddings``: torch's dynamo exporter at :data:`OPSET`."""
     module.eval()
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(
             module,
-            (example,),
+            example,
             str(path),
             dynamo=True,
             opset_version=OPSET,
-            input_names=[input_name],
+            input_names=names,
             output_names=["embeddings"],
-            dynamic_shapes={input_name: axes},
+            dynamic_shapes=axes,
             verbose=False,
         )

@@ -21,6 +21,7 @@ import torch
 import transformers
 from torch import nn
 
+from clipserve.backends.export import MAX_BATCH, OPSET, export_graph, exporting
 from clipserve.backends.torch import precision_dtype, resolve_device
 from clipserve.errors import UnsupportedModel
 from clipserve.weights import EXPORT_FORMAT, staged_dir, write_export_meta
@@ -44,8 +45,6 @@ def _env(**variables: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-OPSET = 18
-MAX_BATCH = 65536
 DEFAULT_LOGIT_SCALE = 100.0
 """The temperature of a split model (one tower, no learned scale): CLIP's trained value."""
 
@@ -178,10 +177,13 @@ def export_hf(
     each of ``modalities``, ``image.onnx`` (``pixel_values``, or with ``patches`` SigLIP 2's
     patches, patch mask and grid shapes) and ``text.onnx`` (``input_ids`` and ``attention_mask``,
     the length axis dynamic), and ``clipserve.json``."""
-    model = load_model(spec, directory)
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    with staged_dir(out_dir) as staging:
+    towers = [f"{modality} tower" for modality in ("image", "text") if modality in modalities]
+    with staged_dir(out_dir) as staging, exporting(spec.name, ["weights", *towers]) as progress:
+        progress("weights")
+        model = load_model(spec, directory)
+        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         if "image" in modalities:
+            progress("image tower")
             if patches:  # NaFlex: any grid within the patch budget
                 patches = torch.export.Dim("patches", min=2, max=16384)
                 width = model.config.vision_config.num_channels * model.config.vision_config.patch_size**2
@@ -207,6 +209,7 @@ def export_hf(
                     staging / "image.onnx",
                 )
         if "text" in modalities:
+            progress("text tower")
             length = torch.export.Dim("length", min=2, max=spec.context_length)
             example = (torch.full((2, 5), 5, dtype=torch.int64), torch.ones(2, 5, dtype=torch.int64))
             example[0][:, -1] = spec.eos_id
@@ -231,19 +234,7 @@ def export_hf(
 
 
 def _export(module: nn.Module, example: tuple, names: list[str], axes: dict, path: Path) -> None:
-    module.eval()
-    log.info("exporting %s", path.name)
     # transformers' input checks (torch._check on tensor values) have no ONNX form: the inputs come
     # from clipserve's own preprocessing, which already holds to them.
-    with _env(TRANSFORMERS_DISABLE_TORCH_CHECK="1"), torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(
-            module,
-            example,
-            str(path),
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=names,
-            output_names=["embeddings"],
-            dynamic_shapes=axes,
-            verbose=False,
-        )
+    with _env(TRANSFORMERS_DISABLE_TORCH_CHECK="1"):
+        export_graph(module, example, names, axes, path)

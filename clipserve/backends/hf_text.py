@@ -18,6 +18,7 @@ import torch
 import transformers
 from torch import nn
 
+from clipserve.backends.export import MAX_BATCH, OPSET, export_graph, exporting
 from clipserve.backends.torch import precision_dtype, resolve_device
 from clipserve.errors import WeightsUnavailable, listed
 from clipserve.hf_configs import config_dir
@@ -25,7 +26,6 @@ from clipserve.weights import EXPORT_FORMAT, staged_dir, write_export_meta
 
 log = logging.getLogger(__name__)
 
-OPSET = 18
 IGNORED_KEYS = ("transformer.pooler.", "transformer.embeddings.position_ids")
 """Checkpoint entries the encoder does not use (the pooler is never called; position ids are a
 buffer older transformers saved)."""
@@ -106,22 +106,13 @@ def export_mean_pooled(
 ) -> Path:
     """Write ``text.onnx`` (inputs ``input_ids`` and ``attention_mask``, dynamic batch and length),
     ``clipserve.json`` and a copy of the tokenizer into ``out_dir``, atomically."""
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     length = torch.export.Dim("length", min=2, max=4096)
     example = (torch.full((2, 5), 5, dtype=torch.int64), torch.ones(2, 5, dtype=torch.int64))
-    log.info("exporting the %s text encoder to ONNX", meta["model"])
-    with staged_dir(out_dir) as staging, torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(
-            model,
-            example,
-            str(staging / "text.onnx"),
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=["input_ids", "attention_mask"],
-            output_names=["embeddings"],
-            dynamic_shapes={"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
-            verbose=False,
-        )
+    axes = {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}}
+    with staged_dir(out_dir) as staging, exporting(meta["model"], ["text encoder"]) as progress:
+        progress("text encoder")
+        export_graph(model, example, ["input_ids", "attention_mask"], axes, staging / "text.onnx")
         exporter = f"torch {torch.__version__}, opset {OPSET}"
         meta = {**meta, "export_format": EXPORT_FORMAT, "precision": "fp32", "exporter": exporter}
         write_export_meta(staging, meta, tokenizer_dir)

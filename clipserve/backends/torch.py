@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import open_clip
 import torch
+import torch.utils.serialization
 from torch import nn
 
 from clipserve.backends.base import check_precision
@@ -42,12 +45,26 @@ def load_open_clip_model(spec: ModelSpec, checkpoint: Path) -> nn.Module:
     if text_cfg.get("hf_model_name"):
         local = config_dir(text_cfg["hf_model_name"])
         overrides["text_cfg"] = {**text_cfg, "hf_model_name": str(local), "hf_model_pretrained": False}
-    model = open_clip.create_model(
-        name, pretrained=pretrained, force_quick_gelu=spec.quick_gelu, weights_only=True, **overrides
-    )
+    with mapped_checkpoints():
+        model = open_clip.create_model(
+            name, pretrained=pretrained, force_quick_gelu=spec.quick_gelu, weights_only=True, **overrides
+        )
     if archive:  # OpenAI's clip checkpoints: TorchScript, with open_clip's parameter names
         model.load_state_dict(archive_state_dict(checkpoint, set(model.state_dict())), strict=True)
     return model.eval()
+
+
+@contextlib.contextmanager
+def mapped_checkpoints() -> Iterator[None]:
+    """``torch.load`` maps checkpoint files instead of reading them into memory, for the block: the
+    state dict's tensors are file pages, copied once into the model, so a load never holds the
+    model twice in anonymous memory."""
+    load = torch.utils.serialization.config.load
+    before, load.mmap = load.mmap, True
+    try:
+        yield
+    finally:
+        load.mmap = before
 
 
 class ImageTower(nn.Module):
