@@ -41,12 +41,12 @@ def flac(samples: np.ndarray) -> bytes:
 
 def quantised_audio_copy(fp32_export: Path, target: Path) -> Path:
     """A copy of the fp32 export whose audio tower alone is quantised to int8."""
-    from clipserve.backends.precision import quantize_int8
+    from clipserve.backends.precision import int8_scheme, quantize_int8
 
     shutil.copytree(fp32_export, target)
     for part in target.glob("audio.onnx*"):
         part.unlink()
-    quantize_int8(fp32_export / "audio.onnx", target / "audio.onnx")
+    quantize_int8(fp32_export / "audio.onnx", target / "audio.onnx", int8_scheme())
     return target
 
 

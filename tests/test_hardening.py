@@ -289,7 +289,7 @@ def test_int8_files_are_shared_like_fp32(tmp_path, onnx_export) -> None:
     from clipserve.backends.precision import derive_int8
 
     fp32 = onnx_export(NAME)
-    out = derive_int8(type(tmp_path)(fp32), tmp_path / "int8")
+    out = derive_int8(type(tmp_path)(fp32), tmp_path / "int8", "u8s8")
     modes = {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert modes == {stat.S_IMODE((type(tmp_path)(fp32) / "clipserve.json").stat().st_mode)}
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clipserve.backends.base import Backend, check_engine
+from clipserve.backends.precision import variant
 from clipserve.backends.published import SOURCES, published_fp32, sources_of
 from clipserve.cache import content_fingerprint, touch
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
@@ -160,10 +161,10 @@ def onnx_model_dir(
                 f"for {precision}, pass an fp32 export ({precision} is derived from fp32)"
             )
         fp32_dir = explicit
-        target = onnx_cache(spec, cache, fingerprint(explicit, cache), precision)
+        target = onnx_cache(spec, cache, fingerprint(explicit, cache), variant(precision))
     elif published is not None:
         fp32_dir = published_fp32(spec, published, cache)
-        target = onnx_cache(spec, cache, fp32_dir.parent.name, precision)
+        target = onnx_cache(spec, cache, fp32_dir.parent.name, variant(precision))
     else:
         source = fingerprint(explicit, cache) if explicit is not None else spec.tag
         fp32_dir = onnx_cache(spec, cache, source, "fp32")
@@ -173,7 +174,7 @@ def onnx_model_dir(
                 export_fp32(spec, checkpoint, fp32_dir, tokenizer_dir)
             else:
                 exporter(spec, checkpoint, fp32_dir)
-        target = onnx_cache(spec, cache, source, precision)
+        target = onnx_cache(spec, cache, source, variant(precision))
     if precision != "fp32" and not _derived_from_current(target, fp32_dir):
         from clipserve.backends.precision import derive
 

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from clipserve.backends.base import check_precision
+from clipserve.backends.precision import scheme_warning
 from clipserve.errors import DeviceUnavailable, WeightsUnavailable
 from clipserve.resources import available_cpus
 from clipserve.weights import read_export_meta
@@ -83,6 +84,7 @@ class OnnxBackend:
         self.device = device
         self.precision = precision
         self.logit_scale = float(meta["logit_scale"])
+        self.int8_scheme = scheme_of(meta)
         self.text_dynamic_length = bool(meta["text_dynamic_length"])
         # Image batches run while decoding threads share the cores: idle inference threads must not
         # spin. Text batches may run alone, where spinning saves the wake-up after each small kernel;
@@ -162,6 +164,7 @@ class OnnxTextEncoder:
         if meta["precision"] != precision:
             raise WeightsUnavailable(f"{model_dir} holds a {meta['precision']} export, not {precision}")
         self.model_dir = model_dir
+        self.int8_scheme = scheme_of(meta)
         self._session = open_session(model_dir / "text.onnx", providers, spin, precision)
         self._batch = meta.get("batch", {}).get("text")  # a publisher's graph may fix batch and length
         length = self._session.get_inputs()[0].shape[1]
@@ -175,7 +178,8 @@ class OnnxTextEncoder:
         return run_rows(self._session, feeds, self._batch)
 
     def info(self) -> dict[str, object]:
-        return {"text_backend": "onnx", "text_weights": str(self.model_dir)}
+        scheme = {"text_int8_scheme": self.int8_scheme} if self.int8_scheme else {}
+        return {"text_backend": "onnx", "text_weights": str(self.model_dir), **scheme}
 
 
 class HfOnnxBackend:
@@ -196,6 +200,7 @@ class HfOnnxBackend:
         meta = checked_export(spec, model_dir, device, precision)
         self.spec, self.model_dir, self.device, self.precision = spec, model_dir, device, precision
         self.logit_scale = float(meta["logit_scale"])
+        self.int8_scheme = scheme_of(meta)
         self._image = (
             open_session(model_dir / "image.onnx", providers, False, precision)
             if "image" in modalities
@@ -251,7 +256,18 @@ def running(backend: OnnxBackend | HfOnnxBackend) -> dict[str, object]:
         "providers": backend.providers,
         "weights": str(backend.model_dir),
         "onnxruntime": ort.__version__,
+        **({"int8_scheme": backend.int8_scheme} if backend.int8_scheme else {}),
     }
+
+
+def scheme_of(meta: dict) -> str | None:
+    """The int8 scheme of an export (None for other precisions; ``u8s8`` for one made before the
+    scheme was recorded); a scheme this CPU runs less exactly than the other is logged."""
+    if meta.get("precision") != "int8":
+        return None
+    if warning := scheme_warning(meta):
+        log.warning("%s: %s", meta.get("model"), warning)
+    return meta.get("int8_scheme", "u8s8")
 
 
 def checked_export(spec: ModelSpec, model_dir: Path, device: str, precision: str) -> dict:

@@ -58,8 +58,9 @@ class Metrics:
         )
         self.info = Gauge(
             "clipserve_model_info",
-            "What runs, while a model is loaded: model, backend, precision, device, providers",
-            [*SERVED, "device", "providers", "dim"],
+            "What runs, while a model is loaded: model, backend, precision, device, providers, and the "
+            "int8 scheme (u8s8 or u8u8; empty for other precisions)",
+            [*SERVED, "device", "providers", "dim", "int8_scheme"],
             registry=r,
         )
         self.loaded = Gauge(
@@ -131,6 +132,7 @@ class ModelMetrics:
             "device": str(info["device"]),
             "providers": ",".join(info.get("providers", []) or []),
             "dim": str(info["dim"]),
+            "int8_scheme": str(info.get("int8_scheme", "")),
         }
         self.metrics.info.labels(**self._info_labels).set(1)
         self.metrics.loaded.labels(**self.served).set(1)
