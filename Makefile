@@ -31,9 +31,12 @@ setup: chromium
 	$(UV) pip install --quiet -p $(LIGHT)/bin/python -e '.[server]'
 	$(MAKE) containers
 
+# Chromium for the playground's browser tests; curl for the docs' examples (tests/test_docs_run.py).
 chromium:
-	@command -v chromium >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
-		|| ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+	@command -v chromium >/dev/null && command -v curl >/dev/null \
+		|| $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium curl \
+		|| ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			chromium curl)
 
 containers:
 	@command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null \

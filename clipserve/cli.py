@@ -236,13 +236,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def link_or_copy(source: str, destination: str) -> None:
-    """A hard link of the cached file (no second copy of hundreds of MB), else a copy (another file
-    system). The cache's files are never rewritten in place, so the two names stay the same bytes."""
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copy2(source, destination)
+FICLONE = 0x40049409
+"""Linux's ioctl that makes a file share another's blocks, copy-on-write (btrfs, XFS, ZFS 2.2+)."""
+
+
+def clone_or_copy(source: str, destination: str) -> str:
+    """Copy a cached file out of the cache as a copy-on-write clone where the file system has them
+    (no second copy of hundreds of MB on disk), else byte for byte. Not a hard link: onnx refuses
+    external data files with several links ("a potential hardlink attack"), so a linked export
+    could not be quantised or loaded by onnx."""
+    with open(source, "rb") as reader, open(destination, "wb") as writer:
+        try:
+            import fcntl
+
+            fcntl.ioctl(writer.fileno(), FICLONE, reader.fileno())
+        except (ImportError, OSError):  # not Linux, another file system, or one without clones
+            shutil.copyfileobj(reader, writer, 16 * 2**20)
+    shutil.copystat(source, destination)
+    return destination
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -343,7 +354,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for key, path in exports.items():
         if output is not None:  # two exports (M-CLIP: image, text) go into subdirectories
             target = output if len(exports) == 1 else output / ("text" if key == "text_weights" else "image")
-            shutil.copytree(path, target, dirs_exist_ok=True, copy_function=link_or_copy)
+            shutil.copytree(path, target, dirs_exist_ok=True, copy_function=clone_or_copy)
             path = target
         if args.hub_layout is not None:
             from clipserve.backends.published import hub_layout

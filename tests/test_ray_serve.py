@@ -112,9 +112,11 @@ def test_a_killed_replica_loses_no_request_silently(served, local_ray, encoder_f
     from ray import serve
 
     outcomes: list = []
-    loader = threading.Thread(target=_load, args=(served, 32, 8, outcomes))
+    loader = threading.Thread(target=_load, args=(served, 32, 16, outcomes))
     loader.start()
-    time.sleep(2.0)
+    deadline = time.monotonic() + 120  # kill once the load flows, with most of it still to come
+    while len(outcomes) < 32 and time.monotonic() < deadline:
+        time.sleep(0.05)
     replicas = [
         a for a in local_ray.util.list_named_actors(all_namespaces=True) if "SERVE_REPLICA" in a["name"]
     ]
@@ -122,7 +124,7 @@ def test_a_killed_replica_loses_no_request_silently(served, local_ray, encoder_f
     victim = local_ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
     local_ray.kill(victim, no_restart=True)
     loader.join(timeout=900)
-    _assert_all_answered_right(outcomes, 32 * 8, encoder_for(NAME, "onnx"))
+    _assert_all_answered_right(outcomes, 32 * 16, encoder_for(NAME, "onnx"))
     logs = Path(local_ray._private.worker.global_worker.node.get_logs_dir_path()) / "serve"
     deadline = time.monotonic() + 30  # the proxy's log is written by Ray's logger: it may lag
     while not (lost := sum(p.read_text().count("lost its replica") for p in logs.glob("proxy_*.log"))):

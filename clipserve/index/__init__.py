@@ -562,6 +562,8 @@ __all__ = ["Entry", "Hit", "Index", "IndexMismatch", "ModelNotNamed", "UpdateRep
 
 
 def _weights_origin(encoder) -> str | None:
-    """Where the operator's weights came from (an absolute path), or None for the model's download."""
-    given = encoder.settings.weights
+    """Where the operator's weights came from (an absolute path), or None for the model's download
+    (and for a stand-in of an encoder, with no settings, whose vectors are given)."""
+    settings = getattr(encoder, "settings", None)
+    given = settings.weights if settings is not None else None
     return str(Path(given).expanduser().resolve()) if given else None
