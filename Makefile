@@ -31,12 +31,13 @@ setup: chromium
 	$(UV) pip install --quiet -p $(LIGHT)/bin/python -e '.[server]'
 	$(MAKE) containers
 
-# Chromium for the playground's browser tests; curl for the docs' examples (tests/test_docs_run.py).
+# Chromium for the playground's browser tests; curl for the docs' examples (tests/test_docs_run.py);
+# qemu-user to run int8 kernels as an AVX2-only CPU picks them (tests/test_int8_schemes.py).
 chromium:
-	@command -v chromium >/dev/null && command -v curl >/dev/null \
-		|| $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium curl \
+	@command -v chromium >/dev/null && command -v curl >/dev/null && command -v qemu-x86_64 >/dev/null \
+		|| $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium curl qemu-user \
 		|| ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			chromium curl)
+			chromium curl qemu-user)
 
 containers:
 	@command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null \
