@@ -96,7 +96,12 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32::openai")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp())
+    with tempfile.TemporaryDirectory(prefix="clipserve-bench-export-") as scratch:
+        measure(args, Path(scratch))
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> None:
+    """Print the two tables, working in ``workdir`` (a checkpoint and one cache per run)."""
     checkpoint = checkpoint_of(args.model, workdir)
     print(f"{args.model}, checkpoint {checkpoint.stat().st_size / 2**20:.0f} MiB; {cpu_description()}\n")
 
