@@ -57,7 +57,7 @@ def main() -> int:
     installed = "ok" if done.returncode == 0 else done.stderr[-600:]
     rows.append(("pip install 'clipserve[server]' openai", seconds, installed))
     if done.returncode != 0:
-        return report(rows, root, venv, args.keep)
+        return report(rows, root, args.keep)
     size = sum(p.stat().st_size for p in venv.rglob("*") if p.is_file()) / 2**20
     torch_check = subprocess.run([python, "-c", "import torch"], capture_output=True, check=False)
     has_torch = torch_check.returncode == 0
@@ -84,10 +84,10 @@ def main() -> int:
         rows.append((step.what.strip().splitlines()[0][:90], step.seconds, ended))
     skipped = [block.not_run for block in RUNNER["page_blocks"](PAGE) if block.not_run]
     rows.append((f"not run: {'; '.join(skipped)}", 0.0, "-"))
-    return report(rows, root, venv, args.keep)
+    return report(rows, root, args.keep)
 
 
-def report(rows: list[tuple[str, float, str]], root: Path, venv: Path, keep: bool) -> int:
+def report(rows: list[tuple[str, float, str]], root: Path, keep: bool) -> int:
     print(f"| step ({PAGE.relative_to(REPO)}) | seconds | result |\n|---|---:|---|")
     for what, seconds, result in rows:
         print(f"| {what} | {seconds:.1f} | {result.replace(chr(10), ' ').replace('|', '/')} |")

@@ -3,7 +3,8 @@
 Used by ``tests/test_docs_run.py`` (the first-hour pages, in the development environment) and by
 ``scripts/newcomer.py`` (the getting-started page, on a fresh install). A block that cannot run
 offline carries ``<!-- not run: why -->`` on the line above it. A ``clipserve serve`` line starts
-the page's server (a later one replaces it), which the page's next blocks talk to.
+the page's server (a later one replaces it), which the page's next blocks talk to; it listens on
+loopback only, whatever ``--host`` the page shows (:data:`LOOPBACK`, given last, wins).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ FENCE = re.compile(
 )
 PORT = 51000
 """The port the pages show."""
+LOOPBACK = "--host 127.0.0.1"
+"""Appended to each ``clipserve serve`` line: a page's server for other machines (``--host 0.0.0.0``)
+still binds loopback alone here."""
 PREAMBLE = """
 import base64
 import numpy as np
@@ -123,7 +127,8 @@ class Reader:
         self.stop()
         assert_port_free(PORT)
         started = time.monotonic()
-        self.server = subprocess.Popen(["bash", "-c", f"exec env {command}"], cwd=self.home, env=self.env)
+        pinned = f"exec env {command} {LOOPBACK}"
+        self.server = subprocess.Popen(["bash", "-c", pinned], cwd=self.home, env=self.env)
         while time.monotonic() - started < 300:
             assert self.server.poll() is None, f"{command!r} exited with {self.server.returncode}"
             try:

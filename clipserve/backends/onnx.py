@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from clipserve.backends.base import check_precision
-from clipserve.backends.precision import scheme_warning
+from clipserve.backends.precision import export_scheme, scheme_warning
 from clipserve.errors import DeviceUnavailable, WeightsUnavailable
 from clipserve.resources import available_cpus
 from clipserve.weights import read_export_meta
@@ -261,13 +261,12 @@ def running(backend: OnnxBackend | HfOnnxBackend) -> dict[str, object]:
 
 
 def scheme_of(meta: dict) -> str | None:
-    """The int8 scheme of an export (None for other precisions; ``u8s8`` for one made before the
-    scheme was recorded); a scheme this CPU runs less exactly than the other is logged."""
-    if meta.get("precision") != "int8":
-        return None
-    if warning := scheme_warning(meta):
+    """The int8 scheme of an export (:func:`export_scheme`), logged when this CPU would run the
+    other one better."""
+    scheme = export_scheme(meta)
+    if scheme is not None and (warning := scheme_warning(scheme)):
         log.warning("%s: %s", meta.get("model"), warning)
-    return meta.get("int8_scheme", "u8s8")
+    return scheme
 
 
 def checked_export(spec: ModelSpec, model_dir: Path, device: str, precision: str) -> dict:

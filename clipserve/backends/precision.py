@@ -22,6 +22,7 @@ and the towers converted listed under ``quantised``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -57,22 +58,28 @@ def int8_scheme(flags: set[str] | None = None) -> str:
     return "u8u8" if x86 else "u8s8"
 
 
-def variant(precision: str, scheme: str | None = None) -> str:
-    """The cache folder of ``precision``'s export: ``int8-<scheme>`` (this CPU's by default), else
-    the precision itself."""
-    return f"int8-{scheme or int8_scheme()}" if precision == "int8" else precision
+def variant(precision: str) -> str:
+    """The cache folder of ``precision``'s export here: ``int8-<this CPU's scheme>``, else the
+    precision itself."""
+    return f"int8-{int8_scheme()}" if precision == "int8" else precision
 
 
-def scheme_warning(meta: dict) -> str | None:
-    """What is wrong with running the int8 export of ``meta`` here, if its scheme is not the one
-    this CPU runs exactly (an export made on another machine); None when it is."""
-    made, right = meta.get("int8_scheme", "u8s8"), int8_scheme()
-    if meta.get("precision") != "int8" or made == right:
+def export_scheme(meta: dict) -> str | None:
+    """The int8 scheme of the export of ``meta``: the one recorded, ``u8s8`` for an export made
+    before schemes were recorded, None for other precisions."""
+    return meta.get("int8_scheme", "u8s8") if meta.get("precision") == "int8" else None
+
+
+def scheme_warning(scheme: str) -> str | None:
+    """What is wrong with running an int8 export of ``scheme`` on this CPU (one made on another
+    machine), or None when it is this CPU's own."""
+    right = int8_scheme()
+    if scheme == right:
         return None
+    cost = "loses accuracy on this CPU (no VNNI)" if right == "u8u8" else "runs slower on this CPU (VNNI)"
     return (
-        f"this int8 export is {made}, which this CPU ({'no VNNI' if right == 'u8u8' else 'VNNI'}) runs "
-        f"less exactly than {right}: derive int8 here from the fp32 export (precision='int8' with the "
-        "fp32 weights) to get it"
+        f"this int8 export is {scheme}, which {cost} than {right}: derive int8 here from the fp32 export "
+        "(precision='int8' with the fp32 weights) to get it"
     )
 
 
@@ -87,9 +94,7 @@ def derive(precision: str, fp32_dir: Path, out_dir: Path) -> Path:
 def derive_int8(fp32_dir: Path, out_dir: Path, scheme: str) -> Path:
     """Write the int8 version (``scheme``: :data:`INT8_SCHEMES`) of the fp32 export ``fp32_dir``
     (its towers) into ``out_dir``."""
-    return _derive(
-        fp32_dir, out_dir, "int8", lambda source, target: quantize_int8(source, target, scheme), scheme
-    )
+    return _derive(fp32_dir, out_dir, "int8", functools.partial(quantize_int8, scheme=scheme), scheme)
 
 
 def derive_fp16(fp32_dir: Path, out_dir: Path) -> Path:
