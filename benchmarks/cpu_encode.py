@@ -1,4 +1,4 @@
-"""CPU encoding benchmark: clipserve against open_clip and Hugging Face transformers, in one process.
+"""CPU encoding benchmark: clipserve against open_clip, Hugging Face transformers and fastembed.
 
 For ViT-B-32 and RN50 (random weights: the released shapes and FLOPs; hubs are unreachable here) it
 measures, pipeline by pipeline:
@@ -15,11 +15,21 @@ measures, pipeline by pipeline:
   larger real photos ship here), exact decoding and the fast decode path, and where the time of
   one such photo goes (decode, resize, model).
 
+fastembed (ViT-B-32 only) reads the same weights in its own layout (``Qdrant/clip-ViT-B-32-vision``
+and ``-text`` from local directories, as ``tests/published_layouts.py`` writes them). Its
+requirements clash with clipserve's venv (huggingface_hub < 2 against transformers 5's ≥ 2.4), so it
+runs in an interpreter of its own (``benchmarks/fastembed_peer.py``) from the venv that
+``--fastembed-venv`` names (default ``$CLIPSERVE_FASTEMBED_VENV`` or /work/peers/fastembed-venv;
+make it with ``python3.11 -m venv DIR && DIR/bin/pip install fastembed``); without it the row is
+skipped, with the reason printed. Its batches cross a pipe (pickled), its interpreter starts before
+the cold-start clock, and its peak RSS is this process's plus that interpreter's.
+
 bf16 (torch with bf16 weights) runs only on a CPU with AVX512_BF16 or AMX. The header names the
-CPU and its instruction sets; the × columns are ratios to the best of open_clip and Hugging Face
-transformers on that machine, measured in the same run.
+CPU and its instruction sets; the × columns are ratios to the best of open_clip, Hugging Face
+transformers and fastembed on that machine, measured in the same run.
 
     python benchmarks/cpu_encode.py [--models ViT-B-32::openai RN50::openai] [--images 256] [--large 64]
+    python benchmarks/cpu_encode.py --fastembed-venv /path/to/venv
     python benchmarks/cpu_encode.py --families   # M-CLIP and SigLIP text (benchmarks/text_families.py)
     python benchmarks/cpu_encode.py --audio      # AudioCLIP audio (benchmarks/audio_speed.py)
 """
@@ -27,17 +37,26 @@ transformers on that machine, measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import functools
 import gc
 import io
 import json
+import os
+import pickle
 import platform
 import random
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -48,32 +67,52 @@ from photos import LARGE_SIZE, jpeg_photos, large_jpeg_photos
 from PIL import Image
 from serving import cpu_description
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from clipserve.backends.export import MAX_BATCH, export_graph, quiet_exporter
 from clipserve.encoder import Encoder
 from clipserve.preprocess.image import DRAFT_MARGIN, ImagePreprocessor, decode_image
 from clipserve.preprocess.text import END_TOKEN, START_TOKEN, clip_vocab
 from clipserve.resources import BF16_FLAGS, cpu_flags, resident_bytes
 from clipserve.zoo import ModelSpec, get_spec
+from tests.published_layouts import TEXT_INPUTS, MaskedText, fastembed_layout
 
 HAS_BF16 = bool(cpu_flags() & set(BF16_FLAGS))
-REFERENCES = ("open_clip (torch fp32)", "HF transformers (torch fp32)")
+FASTEMBED = "fastembed (ONNX Runtime fp32)"
+REFERENCES = ("open_clip (torch fp32)", "HF transformers (torch fp32)", FASTEMBED)
+FASTEMBED_VENV = os.environ.get("CLIPSERVE_FASTEMBED_VENV", "/work/peers/fastembed-venv")
 CAPTION_WORDS = """a photo of the small large red blue green old young man woman child dog cat bird horse car
 bike street city park beach mountain river table kitchen sitting standing running holding next to near on in
 with under over wooden white black two three people group playing walking field snow sunset""".split()
 
 
 class PeakRss:
-    """Samples the process's resident memory in the background; ``peak`` in MiB."""
+    """Samples the resident memory of the process and its children (a peer in its own interpreter)
+    in the background; ``peak`` (both) and ``children_peak`` in MiB."""
 
     def __init__(self) -> None:
-        self.peak, self._stop = 0.0, threading.Event()
+        self.peak, self.children_peak, self._stop = 0.0, 0.0, threading.Event()
+
+    @staticmethod
+    def children() -> float:
+        """The children's resident memory now; a child not yet past its exec, still in this process's
+        memory (its command line is this one's), counts nothing."""
+        pages = 0
+        with contextlib.suppress(OSError, ValueError, IndexError):  # no /proc, or a child gone meanwhile
+            ours = Path("/proc/self/cmdline").read_bytes()
+            for pid in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split():
+                if Path(f"/proc/{pid}/cmdline").read_bytes() != ours:
+                    pages += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
     @staticmethod
     def now() -> float:
-        return resident_bytes() / 2**20
+        return resident_bytes() / 2**20 + PeakRss.children()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.now())
+            children = self.children()
+            self.peak = max(self.peak, resident_bytes() / 2**20 + children)
+            self.children_peak = max(self.children_peak, children)
             time.sleep(0.01)
 
     def __enter__(self) -> PeakRss:
@@ -86,13 +125,111 @@ class PeakRss:
         self._thread.join()
 
 
+Encode = Callable[[list], np.ndarray]
+
+
 @dataclass
 class Pipeline:
-    """One way of encoding: ``build`` loads it from disk; the callables take a list of inputs."""
+    """One way of encoding: ``build`` loads it from disk; the callables take a list of inputs.
+    ``session`` is entered before the cold-start clock starts and left when the pipeline is done (a
+    peer's own interpreter starts and imports, then ends, there)."""
 
     name: str
-    build: Callable[[], tuple[Callable[[list], np.ndarray], Callable[[list], np.ndarray]]]
+    build: Callable[[], tuple[Encode, Encode]]
     results: dict[str, float] = field(default_factory=dict)
+    session: Callable[[], AbstractContextManager] = nullcontext
+
+
+class FastembedPeer:
+    """fastembed in an interpreter of its own (``fastembed_peer.py``, run by ``python``)."""
+
+    def __init__(self, python: str, vision: Path, text: Path, batch: int) -> None:
+        script = Path(__file__).with_name("fastembed_peer.py")
+        self.command = [python, str(script), str(vision), str(text), str(batch)]
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """The interpreter, started and done importing."""
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        with subprocess.Popen(
+            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        ) as process:
+            self.process = process
+            try:
+                self._answer()
+                yield
+            finally:
+                process.stdin.close()  # it ends at the end of its input
+
+    def build(self) -> tuple[Encode, Encode]:
+        self._call("load")
+        return functools.partial(self._vectors, "images"), functools.partial(self._vectors, "texts")
+
+    def _vectors(self, kind: str, batch: list) -> np.ndarray:
+        shape, data = self._call(kind, batch)
+        return np.frombuffer(data, np.float32).reshape(shape)
+
+    def _call(self, *request: object) -> Any:
+        pickle.dump(request, self.process.stdin)
+        self.process.stdin.flush()
+        return self._answer()
+
+    def _answer(self) -> Any:
+        status, answer = pickle.load(self.process.stdout)
+        if status == "error":
+            raise RuntimeError(f"fastembed failed:\n{answer}")
+        return answer
+
+
+def fastembed_python(venv: Path) -> tuple[str | None, str]:
+    """The Python of ``venv`` where fastembed imports there, and its versions (or why not)."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        return None, f"no venv at {venv} (python3.11 -m venv {venv} && {venv}/bin/pip install fastembed)"
+    versions = "import fastembed, onnxruntime; print(fastembed.__version__, onnxruntime.__version__)"
+    check = subprocess.run([str(python), "-c", versions], capture_output=True, text=True)
+    if check.returncode:
+        error = (check.stderr.strip().splitlines() or ["?"])[-1]
+        return None, f"fastembed does not import in {venv}: {error}"
+    version, runtime = check.stdout.split()
+    return str(python), f"fastembed {version} (own venv, onnxruntime {runtime})"
+
+
+class AnyLengthText(MaskedText):
+    """``MaskedText`` at any length up to 77, as transformers' graphs (fastembed's) are: fastembed
+    pads a batch to its longest text, and ``MaskedText`` adds all 77 positions."""
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from open_clip.transformer import text_global_pool
+
+        model, ids = self.model, input_ids.long()
+        length = ids.shape[1]
+        x = model.token_embedding(ids) * attention_mask.unsqueeze(-1).float()
+        x = model.transformer(
+            x + model.positional_embedding[:length], attn_mask=model.attn_mask[:length, :length]
+        )
+        states = model.ln_final(x)
+        return text_global_pool(states, ids, model.text_pool_type) @ model.text_projection, states
+
+
+def fastembed_dirs(model: torch.nn.Module, workdir: Path) -> tuple[Path, Path]:
+    """``model`` in fastembed's two directories (``fastembed_layout``), with CLIP's tokenizer files
+    and a text graph of any length (exported as clipserve exports its own: the legacy tracer freezes
+    the attention reshapes to the traced length)."""
+    vision, text = workdir / "fastembed-vision", workdir / "fastembed-text"
+    if vision.exists():  # a second run in the same workdir (--large): the same weights
+        return vision, text
+    fastembed_layout(model, vision, text)
+    ids = torch.ones(2, 16, dtype=torch.int64)  # and a copy for the mask: one tensor twice becomes one input
+    batch, length = torch.export.Dim("batch", min=1, max=MAX_BATCH), torch.export.Dim("length", min=2, max=77)
+    axes = {name: {0: batch, 1: length} for name in TEXT_INPUTS}
+    with quiet_exporter():
+        export_graph(AnyLengthText(model), (ids, ids.clone()), TEXT_INPUTS, axes, text / "model.onnx")
+    tokenizer = transformers.CLIPTokenizerFast.from_pretrained(hf_tokenizer_dir(workdir), model_max_length=77)
+    tokenizer.save_pretrained(text)
+    return vision, text
 
 
 def throughput(encode: Callable[[list], np.ndarray], inputs: list, batch: int, per_batch: bool) -> dict:
@@ -171,9 +308,11 @@ def hf_vit_b_32_dir(workdir: Path) -> Path:
     return target
 
 
-def make_pipelines(spec: ModelSpec, workdir: Path, batch: int, large: bool = False) -> list[Pipeline]:
+def make_pipelines(
+    spec: ModelSpec, workdir: Path, batch: int, large: bool = False, fastembed: str | None = None
+) -> list[Pipeline]:
     """The pipelines to compare; ``large``: for 12 MP photos (with the fast decode path, without
-    clipserve's torch fp32)."""
+    clipserve's torch fp32); ``fastembed``: the Python of fastembed's venv (ViT-B-32 only)."""
     torch.manual_seed(0)
     checkpoint = workdir / f"{spec.arch}.pt"
     torch.save(open_clip.create_model(spec.arch, force_quick_gelu=spec.quick_gelu).state_dict(), checkpoint)
@@ -250,6 +389,12 @@ def make_pipelines(spec: ModelSpec, workdir: Path, batch: int, large: bool = Fal
             return images, texts
 
         pipelines.append(Pipeline("HF transformers (torch fp32)", hf_pipeline))
+        if fastembed:
+            model = open_clip.create_model(
+                spec.arch, pretrained=str(checkpoint), force_quick_gelu=spec.quick_gelu
+            )
+            peer = FastembedPeer(fastembed, *fastembed_dirs(model.eval(), workdir), batch)
+            pipelines.append(Pipeline(FASTEMBED, peer.build, session=peer.running))
     pipelines += [Pipeline("clipserve torch fp32", clipserve_pipeline("torch", "fp32"))]
     if HAS_BF16:
         pipelines += [Pipeline("clipserve torch bf16", clipserve_pipeline("torch", "bf16"))]
@@ -294,15 +439,15 @@ def run_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) -> list[
     images = jpeg_photos(args.images)
     photos = jpeg_photos(10)  # each shared photo once, for accuracy
     short, long = captions(args.texts, 3, 20, seed=1), captions(args.long_texts, 70, 120, seed=2)
-    pipelines = make_pipelines(spec, workdir, args.batch_size)
+    pipelines = make_pipelines(spec, workdir, args.batch_size, fastembed=args.fastembed)
     # The references run first and again last; each keeps its better rate per column, so a slow
     # start (or a busy moment) of the machine never flatters clipserve's ratios.
-    again = [Pipeline(p.name, p.build) for p in pipelines if p.name in REFERENCES]
+    again = [dataclasses.replace(p, results={}) for p in pipelines if p.name in REFERENCES]
     vectors: dict[str, dict[str, np.ndarray]] = {}
     for pipeline in pipelines + again:
         gc.collect()
         before = PeakRss.now()
-        with PeakRss() as rss:
+        with PeakRss() as rss, pipeline.session():
             start = time.perf_counter()
             encode_images, encode_texts = pipeline.build()
             encode_images(images[:1])
@@ -314,9 +459,9 @@ def run_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) -> list[
             )
             pipeline.results["long"] = throughput(encode_texts, long, args.batch_size, per_batch=not one_call)
             vectors[pipeline.name] = {"photos": encode_images(photos), "short": encode_texts(short[:256])}
-        pipeline.results["rss"] = rss.peak
+            del encode_images, encode_texts
+        pipeline.results["rss"], pipeline.results["rss_own_interpreter"] = rss.peak, rss.children_peak
         pipeline.results["rss_before"] = before
-        del encode_images, encode_texts
     for second in again:
         first = next(p for p in pipelines if p.name == second.name)
         for key in ("img", "short", "long"):
@@ -324,7 +469,7 @@ def run_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) -> list[
                 first.results[key] = second.results[key]
     reference = vectors["open_clip (torch fp32)"]
     for pipeline in pipelines:
-        if pipeline.name.startswith("clipserve"):
+        if pipeline.name.startswith("clipserve") or pipeline.name == FASTEMBED:  # open_clip's weights
             ours = vectors[pipeline.name]
             pipeline.results["cos_img"] = cosine_min(ours["photos"], reference["photos"])
             pipeline.results["cos_txt"] = cosine_min(ours["short"], reference["short"])
@@ -359,19 +504,20 @@ def profile_one_large(spec: ModelSpec, photo: bytes) -> dict[str, float]:
 def run_large(spec: ModelSpec, args: argparse.Namespace, workdir: Path) -> None:
     """12 MP photos, JPEG bytes to vectors: the exact and the fast decode paths."""
     photos = large_jpeg_photos(args.large, LARGE_SIZE)
-    pipelines = make_pipelines(spec, workdir, args.batch_size, large=True)
-    again = [Pipeline(p.name, p.build) for p in pipelines if p.name in REFERENCES]  # as in run_model
+    pipelines = make_pipelines(spec, workdir, args.batch_size, large=True, fastembed=args.fastembed)
+    again = [dataclasses.replace(p, results={}) for p in pipelines if p.name in REFERENCES]  # as in run_model
     vectors = {}
     for pipeline in pipelines + again:
         gc.collect()
-        encode_images, _ = pipeline.build()
-        measured = throughput(encode_images, photos, args.batch_size, per_batch=True)
-        first = next(p for p in pipelines if p.name == pipeline.name)
-        if "img" not in first.results or measured["per_s"] > first.results["img"]["per_s"]:
-            first.results["img"] = measured
-        vectors[pipeline.name] = encode_images(photos[:10])
-        del encode_images
-    best = max(pipelines[0].results["img"]["per_s"], pipelines[1].results["img"]["per_s"])
+        with pipeline.session():
+            encode_images, _ = pipeline.build()
+            measured = throughput(encode_images, photos, args.batch_size, per_batch=True)
+            first = next(p for p in pipelines if p.name == pipeline.name)
+            if "img" not in first.results or measured["per_s"] > first.results["img"]["per_s"]:
+                first.results["img"] = measured
+            vectors[pipeline.name] = encode_images(photos[:10])
+            del encode_images
+    best = max(p.results["img"]["per_s"] for p in pipelines if p.name in REFERENCES)
     print(f"\n#### {spec.name}, {args.large} photos of 12 MP ({LARGE_SIZE[0]}×{LARGE_SIZE[1]} JPEG)\n")
     print("| pipeline | images/s | × best reference | batch ms p50/95/99 | cosine to its exact path |")
     print("| --- | ---: | ---: | --- | --- |")
@@ -400,7 +546,8 @@ def print_tables(spec: ModelSpec, pipelines: list[Pipeline]) -> None:
     base = {
         key: {"per_s": max(r[key]["per_s"] for r in references)} for key in ("img", "short", "long")
     }  # the best reference per column
-    compared = " and ".join(p.name for p in pipelines if p.name in REFERENCES)
+    *others, last = [p.name for p in pipelines if p.name in REFERENCES]
+    compared = f"{', '.join(others)} and {last}" if others else last
     print(f"\n### {spec.name} (× = ratio to the best of {compared})\n")
     print(
         "| pipeline | images/s | × | batch ms p50/95/99 | captions/s | × | long texts/s | × "
@@ -437,6 +584,11 @@ def print_tables(spec: ModelSpec, pipelines: list[Pipeline]) -> None:
                     if "vs_fp32_img" in r
                     else ""
                 )
+            )
+        if r["rss_own_interpreter"]:
+            print(
+                f"- {name}: peak RSS with its own interpreter's, which peaked at "
+                f"{r['rss_own_interpreter']:.0f} MiB"
             )
     if spec.arch == "ViT-B-32":
         open_clip_rate = named["open_clip (torch fp32)"]["img"]["per_s"]
@@ -476,6 +628,12 @@ def main() -> None:
         "--families", action="store_true", help="the text speed of M-CLIP and SigLIP against their references"
     )
     parser.add_argument("--audio", action="store_true", help="AudioCLIP audio, torch against ONNX Runtime")
+    parser.add_argument(
+        "--fastembed-venv",
+        type=Path,
+        default=Path(FASTEMBED_VENV),
+        help="a venv with fastembed installed (default: $CLIPSERVE_FASTEMBED_VENV or %(default)s)",
+    )
     args = parser.parse_args()
     if args.audio:
         from audio_speed import run as run_audio
@@ -487,13 +645,17 @@ def main() -> None:
 
         run(args.texts, args.batch_size)
         return
+    args.fastembed, fastembed_about = fastembed_python(args.fastembed_venv)
     print(
         f"{time.strftime('%Y-%m-%d')}, {cpu_description()}, Python "
         f"{platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
-        f"open_clip {open_clip.__version__}, transformers {transformers.__version__}; "
-        f"batch {args.batch_size}, {args.images} JPEG images from the shared photos, "
+        f"open_clip {open_clip.__version__}, transformers {transformers.__version__}"
+        + (f", {fastembed_about}" if args.fastembed else "")
+        + f"; batch {args.batch_size}, {args.images} JPEG images from the shared photos, "
         f"{args.texts} captions, {args.long_texts} long texts"
     )
+    if not args.fastembed:
+        print(f"\nfastembed skipped: {fastembed_about}")
     for name in args.models:
         spec = get_spec(name)
         with tempfile.TemporaryDirectory(prefix="clipserve-bench-") as workdir:

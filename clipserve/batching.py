@@ -83,6 +83,12 @@ class DynamicBatcher:
     ``run`` returns one row per item; a row that is an exception fails only the caller of that
     item.
 
+    With a ``finish`` (the batch's last step before the model: stacking, normalising, a GPU's
+    batched decode), it runs on ``finish_executor`` and ``run`` takes what it returns: the
+    inference thread does only the model. While the model runs a batch, the next batch is formed
+    and finished: it is taken as soon as it is full, or once the model is free (a busy model
+    never makes a batch smaller than the waiting items allow).
+
     With a ``cost`` (a text's token count), batches group similar costs as the synchronous path
     does (:func:`by_cost`): a caller's items queue in cost order, and when more items wait than a
     batch takes, the batch is the oldest waiting item and those nearest it in cost (the run of
@@ -97,20 +103,27 @@ class DynamicBatcher:
 
     def __init__(
         self,
-        run: Callable[[list[T]], Any],
+        run: Callable[[Any], Any],
         executor: Executor,
         max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
         max_queue: int = 1024,
         on_batch: Callable[[int], None] | None = None,
         cost: Callable[[T], int] | None = None,
+        finish: Callable[[list[T]], Any] | None = None,
+        finish_executor: Executor | None = None,
     ) -> None:
+        if finish is not None and finish_executor is None:
+            raise ValueError("a batcher with a finish step needs the executor it runs on")
         self.run, self.executor = run, executor
+        self.finish, self.finish_executor = finish, finish_executor
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.on_batch, self.cost = on_batch, cost
         self._waiting: deque[tuple[T, asyncio.Future]] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._running: asyncio.Task | None = None
+        """The batch in the model, if any."""
 
     @property
     def depth(self) -> int:
@@ -143,50 +156,88 @@ class DynamicBatcher:
 
     async def close(self) -> None:
         """Stop forming batches; callers still waiting get ``CancelledError``."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._running):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for _, future in self._waiting:
             future.cancel()
         self._waiting.clear()
 
+    def _model_busy(self) -> bool:
+        return self._running is not None and not self._running.done()
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._waiting:
-                self._arrived.clear()
-                await self._arrived.wait()
-            deadline = loop.time() + self.max_wait_s
-            while len(self._waiting) < self.max_batch_size and (left := deadline - loop.time()) > 0:
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), left)
-                except TimeoutError:
-                    break
+            await self._gathered()
             batch = self._take()
             if not batch:
                 continue
             if self.on_batch is not None:
                 self.on_batch(len(batch))
-            try:
-                rows = await loop.run_in_executor(self.executor, self.run, [item for item, _ in batch])
-            except asyncio.CancelledError:  # closed while the batch ran: its callers learn it too
-                for _, future in batch:
-                    future.cancel()
-                raise
-            except Exception as exc:  # the model call failed: every caller of this batch learns why
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), row in zip(batch, rows, strict=True):
-                if future.done():
+            work: Any = [item for item, _ in batch]
+            if self.finish is not None:
+                try:
+                    work = await loop.run_in_executor(self.finish_executor, self.finish, work)
+                except asyncio.CancelledError:
+                    _cancel(batch)
+                    raise
+                except Exception as exc:
+                    _fail(batch, exc)
                     continue
-                if isinstance(row, BaseException):
-                    future.set_exception(row)
-                else:
-                    future.set_result(row)
+            if self._running is not None:  # one batch at a time in the model
+                try:
+                    await asyncio.wait([self._running])
+                except asyncio.CancelledError:
+                    _cancel(batch)
+                    raise
+            if all(future.done() for _, future in batch):  # every caller gave up meanwhile
+                continue
+            self._running = asyncio.create_task(self._run_batch(batch, work))
+
+    async def _gathered(self) -> None:
+        """Return once a batch should be taken: items waited ``max_wait_ms`` (or longer, while the
+        model was busy) and the model is free, or a batch is full and the model is free or the
+        batch has a finish step to run meanwhile."""
+        loop = asyncio.get_running_loop()
+        while not self._waiting:
+            self._arrived.clear()
+            await self._arrived.wait()
+        deadline = loop.time() + self.max_wait_s
+        while True:
+            busy, left = self._model_busy(), deadline - loop.time()
+            if len(self._waiting) >= self.max_batch_size:
+                if not busy or self.finish is not None:
+                    return
+            elif left <= 0 and not busy:
+                return
+            self._arrived.clear()
+            arrival = asyncio.ensure_future(self._arrived.wait())
+            waits = {arrival, self._running} if busy else {arrival}
+            try:
+                timeout = left if left > 0 else None
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrival.cancel()
+
+    async def _run_batch(self, batch: list[tuple[T, asyncio.Future]], work: Any) -> None:
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, work)
+        except asyncio.CancelledError:  # closed while the batch ran: its callers learn it too
+            _cancel(batch)
+            raise
+        except Exception as exc:  # the model call failed: every caller of this batch learns why
+            _fail(batch, exc)
+            return
+        for (_, future), row in zip(batch, rows, strict=True):
+            if future.done():
+                continue
+            if isinstance(row, BaseException):
+                future.set_exception(row)
+            else:
+                future.set_result(row)
 
     def _take(self) -> list[tuple[T, asyncio.Future]]:
         """The next batch, out of the waiting items (those of cancelled callers dropped)."""
@@ -215,3 +266,14 @@ class DynamicBatcher:
         chosen = set(order[best : best + size])
         self._waiting = deque(entry for p, entry in enumerate(waiting) if p not in chosen)
         return [entry for p, entry in enumerate(waiting) if p in chosen]
+
+
+def _cancel(batch: list[tuple[Any, asyncio.Future]]) -> None:
+    for _, future in batch:
+        future.cancel()
+
+
+def _fail(batch: list[tuple[Any, asyncio.Future]], exc: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

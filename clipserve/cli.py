@@ -330,6 +330,12 @@ def _table_width(columns: list, specs: list) -> int:
     return sum(max(len(title), *(len(value(s)) for s in specs)) + 2 for title, value in columns)
 
 
+def one_shot(settings: EngineSettings) -> EngineSettings:
+    """The settings of a command that loads a model for one run: no warm-up, which would only add
+    a batch before it."""
+    return config.replace(settings, warmup=False)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Export (or find in the cache) the ONNX graphs of a model; with ``--output``, copy them there."""
     import shutil
@@ -342,7 +348,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     precision = settings.precision
     loads_here = "cpu" in PRECISION_DEVICES["onnx"].get(precision, ("cpu",))
     here = settings if loads_here else config.replace(settings, precision="fp32")
-    with Encoder(settings=config.replace(here, backend="onnx")) as encoder:
+    with Encoder(settings=config.replace(one_shot(here), backend="onnx")) as encoder:
         info, spec = encoder.info(), encoder.spec
     exports = {key: Path(str(info[key])) for key in ("weights", "text_weights") if key in info}
     if not loads_here:  # a GPU precision (fp16): derived from the fp32 export, not loaded here
@@ -438,7 +444,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         model, entries, vectors = vectors_from_job(args.from_vectors)
         if not _model_named(given):
             given["model"] = zoo_model_of(model, f"the vectors in {args.from_vectors}")
-    settings = config.resolve(EngineSettings, **given)
+    settings = one_shot(config.resolve(EngineSettings, **given))
     with Encoder(settings=settings) as encoder:
         index = (
             Index.open(args.index, encoder)
@@ -490,7 +496,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not _model_named(given):
         with Index.open(args.index) as known:
             given["model"] = known.zoo_model()
-    settings = config.resolve(EngineSettings, **given)
+    settings = one_shot(config.resolve(EngineSettings, **given))
     filters = dict(item.split("=", 1) for item in args.filter)
     query = args.image or args.audio or args.query
     with _weights_advised(args.index, "clipserve search INDEX QUERY"), Encoder(settings=settings) as encoder:
@@ -563,7 +569,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     settings = config.resolve(EncodeSettings, **given_settings(args, EncodeSettings))
     if settings.ray:
         return encode_on_ray(args, settings)
-    encoder = Encoder(settings=settings.engine())
+    encoder = Encoder(settings=one_shot(settings.engine()))
     hears = "audio" in encoder.modalities  # folders give audio files only to a model that embeds audio
     files = collect_files(args.paths, lambda p: is_image_path(p) or (hears and is_audio_path(p)))
     vectors = [encoder.encode_text(args.text)] if args.text else []

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from clipserve.errors import InvalidInput
-from clipserve.families import load_model, resolve_model
+from clipserve.families import resolve_model
+from clipserve.families.choice import load_chosen, settled
 from clipserve.inputs import ACCEPTED_ARRAYS, AUDIO_RATE, Item, to_item
 from clipserve.pipeline import Pipeline
 from clipserve.settings import EngineSettings, options_doc, resolve
@@ -52,8 +53,14 @@ class Encoder:
         if settings.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {settings.batch_size}")
         spec, settings = resolve_model(settings)
-        self.settings = settings
-        self.pipeline = Pipeline(load_model(spec, settings, spin), settings)
+        self.settings = settled(spec, settings)
+        model, self.backend_choice = load_chosen(spec, self.settings, spin)
+        self.pipeline = Pipeline(model, self.settings)
+        try:
+            self.warmup_s = self.pipeline.warm_up() if settings.warmup else None
+        except BaseException:
+            self.pipeline.close()
+            raise
 
     @property
     def spec(self) -> ModelSpec:
@@ -76,12 +83,16 @@ class Encoder:
 
     def info(self) -> dict[str, object]:
         """Model, dimension, the weights' licence, and what really runs (family, backend, device,
-        providers, precision, weights; for a publisher's graphs, who published them)."""
+        providers, precision, weights; for a publisher's graphs, who published them); with
+        ``backend="auto"``, how the backend was chosen; the seconds the warm-up on load took (None
+        without one)."""
         return {
             "model": self.spec.name,
             "dim": self.dim,
             "licence": self.spec.licence,
             **self.pipeline.model.info(),
+            **({"backend_choice": self.backend_choice} if self.backend_choice else {}),
+            "warmup_s": None if self.warmup_s is None else round(self.warmup_s, 3),
         }
 
     def close(self) -> None:

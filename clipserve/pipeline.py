@@ -2,8 +2,9 @@
 
 Every face runs these steps. :meth:`Pipeline.encode` runs them synchronously for the library and
 the CLI (preparation of later batches overlapped with inference); the server runs the same
-:meth:`~Pipeline.resolve`, :meth:`~Pipeline.prepare` and :meth:`~Pipeline.run_batch` through its
-dynamic batchers. The error rule is shared too: the error reported is that of the lowest-indexed
+:meth:`~Pipeline.resolve`, :meth:`~Pipeline.prepare`, :meth:`~Pipeline.finish_batch` and
+:meth:`~Pipeline.embed_finished` through its dynamic batchers (its inference thread runs only the
+last). The error rule is shared too: the error reported is that of the lowest-indexed
 bad item, and every item before it was prepared without error.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import numpy as np
 from clipserve.batching import by_cost, chunks, prefetched
 from clipserve.errors import InvalidInput
 from clipserve.families.base import Model, Tower
+from clipserve.families.probe import sample_item
 from clipserve.fetch import ByteBudget, fetch_pool, fetch_url
 from clipserve.inputs import Item, decode_base64, decode_data_uri
 from clipserve.resources import available_cpus
@@ -65,6 +68,19 @@ class Pipeline:
     def close(self) -> None:
         self.prepare_pool.shutdown(wait=True, cancel_futures=True)
         self.model.close()
+
+    def warm_up(self) -> float:
+        """Run one batch of the largest size this pipeline runs through each tower, so that the
+        first request does not pay for the engine's first run (ONNX Runtime's memory arena and
+        kernel set-up, torch's first dispatch); returns the seconds it took. The batch bypasses
+        :meth:`encode`: nothing reaches the text cache or a server's batch metrics."""
+        started = time.perf_counter()
+        for modality in self.modalities:
+            payload = self.prepare(sample_item(modality))
+            self.run_batch(modality, [payload] * self.batch_size(modality))
+        took = time.perf_counter() - started
+        log.info("warmed up %s (%s) in %.2f s", self.model.spec.name, ", ".join(self.modalities), took)
+        return took
 
     # -- steps (shared by every face) ---------------------------------------------------------------
 
@@ -114,19 +130,29 @@ class Pipeline:
     def run_batch(self, modality: str, payloads: Sequence[Any]) -> tuple[np.ndarray, dict[int, InvalidInput]]:
         """One model call on prepared payloads of one modality → L2-normalised float32 rows, and
         the errors, by position, of the items that failed in the tower's ``finish`` (their rows
-        are zeros, not vectors)."""
+        are zeros, not vectors): :meth:`finish_batch`, then :meth:`embed_finished`."""
+        return self.embed_finished(modality, self.finish_batch(modality, payloads))
+
+    def finish_batch(self, modality: str, payloads: Sequence[Any]) -> list[Any]:
+        """The batch's step before the model (the tower's ``finish``): per payload, what the
+        model takes, or the :class:`InvalidInput` of an item that failed there. The server runs
+        it off the inference thread."""
+        finish = self.model.towers[modality].finish
+        return list(payloads) if finish is None else finish(payloads)
+
+    def embed_finished(
+        self, modality: str, finished: Sequence[Any]
+    ) -> tuple[np.ndarray, dict[int, InvalidInput]]:
+        """The model call on a finished batch: rows for its payloads, zeros and the error, by
+        position, for its failed items."""
         tower = self.model.towers[modality]
-        errors: dict[int, InvalidInput] = {}
-        if tower.finish is not None:
-            finished = tower.finish(payloads)
-            errors = {p: f for p, f in enumerate(finished) if isinstance(f, InvalidInput)}
-            payloads = finished
+        errors = {p: f for p, f in enumerate(finished) if isinstance(f, InvalidInput)}
         if not errors:
-            return normalise(tower.run(payloads)), errors
-        rows = np.zeros((len(payloads), self.dim), dtype=np.float32)
-        kept = [p for p in range(len(payloads)) if p not in errors]
+            return normalise(tower.run(finished)), errors
+        rows = np.zeros((len(finished), self.dim), dtype=np.float32)
+        kept = [p for p in range(len(finished)) if p not in errors]
         if kept:
-            rows[kept] = normalise(tower.run([payloads[p] for p in kept]))
+            rows[kept] = normalise(tower.run([finished[p] for p in kept]))
         return rows, errors
 
     def plan(self, items: Sequence[Item]) -> Plan:

@@ -45,7 +45,11 @@ class EngineSettings:
         "zoo name ARCH::TAG (`clipserve models` lists them), a transformers model directory or hub repo "
         "(owner/name), a clipserve export, or an OpenAI clip checkpoint file",
     )
-    backend: str = setting("onnx", "onnx (ONNX Runtime; no torch needed once exported) or torch")
+    backend: str = setting(
+        "auto",
+        "onnx (ONNX Runtime; no torch needed once exported), torch, or auto: the faster of the two "
+        "that can run the model, measured on its first load on this CPU and remembered in the cache",
+    )
     device: str = setting("cpu", "cpu, cuda[:N] or tensorrt[:N] (onnx); a missing one is an error")
     precision: str = setting(
         "fp32",
@@ -73,6 +77,11 @@ class EngineSettings:
         None, "evict the least recently used downloads and exports beyond this size (default: no cap)"
     )
     batch_size: int = setting(32, "most items in one model call")
+    warmup: bool = setting(
+        True,
+        "run one full batch per tower when the model loads, so that the first request does not pay "
+        "for the engine's first run (library and server; the CLI's one-shot commands skip it)",
+    )
     num_workers: int | None = setting(
         None, "threads decoding images (default: the CPUs this process may use)"
     )

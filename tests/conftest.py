@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +46,10 @@ os.environ["CLIPSERVE_OFFLINE"] = "1"
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# A test that does not name its backend runs on ONNX Runtime. The default, backend="auto", measures
+# both engines on a first load and keeps the faster: on a loaded CI machine that could differ from
+# run to run, and a test of something else must not. tests/test_backend_choice.py tests "auto".
+os.environ["CLIPSERVE_BACKEND"] = "onnx"
 
 
 @pytest.fixture(scope="session")
@@ -222,6 +227,22 @@ def local_ray():
 
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cache_with_exports(onnx_export, cache_root: Path, tmp_path_factory) -> Callable[..., Path]:
+    """``cache_with_exports(*names)``: a new cache holding copies of the session's fp32 exports of
+    the random checkpoints of ``names``, where they are found for those checkpoints: a test of
+    int8 or of the cache itself starts there, without exporting again (~30 s a model)."""
+
+    def make(*names: str) -> Path:
+        cache = tmp_path_factory.mktemp("cache")
+        for name in names:
+            fp32 = Path(onnx_export(name))
+            shutil.copytree(fp32, cache / fp32.relative_to(cache_root))
+        return cache
+
+    return make
 
 
 @pytest.fixture(scope="session")

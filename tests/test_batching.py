@@ -204,3 +204,94 @@ def test_the_items_of_a_caller_that_gave_up_never_reach_the_model(cost) -> None:
 
     assert run(scenario()) == [["xx"], ["keptkept", "kk"]]
     assert not any(item.startswith("g") for batch in tower.batches for item in batch)
+
+
+def test_a_finish_step_runs_off_the_inference_thread_and_overlaps_the_model() -> None:
+    """The second batch is finished while the model still runs the first: the first model call
+    waits for that (a batcher finishing in series with the model would time out here)."""
+    threads: dict[str, set[str]] = {"finish": set(), "run": set()}
+    second_finished = threading.Event()
+    overlapped = []
+
+    def finish(batch: list) -> list:
+        threads["finish"].add(threading.current_thread().name)
+        if batch[0].startswith("b"):
+            second_finished.set()
+        return [item.upper() for item in batch]
+
+    def model(batch: list) -> list:
+        threads["run"].add(threading.current_thread().name)
+        if batch[0].startswith("A"):
+            overlapped.append(second_finished.wait(5))
+        return [item * 2 for item in batch]
+
+    async def scenario():
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="infer") as executor,
+            ThreadPoolExecutor(1, thread_name_prefix="finish") as finishing,
+        ):
+            batcher = DynamicBatcher(
+                model, executor, max_batch_size=2, max_wait_ms=0, finish=finish, finish_executor=finishing
+            )
+            first = asyncio.ensure_future(batcher.submit(["a1", "a2"]))
+            await asyncio.sleep(0.05)
+            second = asyncio.ensure_future(batcher.submit(["b1", "b2"]))
+            answers = await asyncio.wait_for(asyncio.gather(first, second), 10)
+            await batcher.close()
+        return answers
+
+    assert run(scenario()) == [["A1A1", "A2A2"], ["B1B1", "B2B2"]]
+    assert overlapped == [True]
+    assert {name.split("_")[0] for name in threads["finish"]} == {"finish"}
+    assert {name.split("_")[0] for name in threads["run"]} == {"infer"}
+
+
+def test_a_busy_model_does_not_shrink_the_next_batch() -> None:
+    """Items arriving one by one while the model is busy wait for it, and run as one batch."""
+    tower = FakeTower(held=True)
+
+    async def scenario():
+        with (
+            ThreadPoolExecutor(1) as executor,
+            ThreadPoolExecutor(1) as finishing,
+        ):
+            batcher = DynamicBatcher(
+                tower.run, executor, max_batch_size=8, max_wait_ms=1, finish=list, finish_executor=finishing
+            )
+            calls = [asyncio.ensure_future(batcher.submit(["first"]))]
+            await asyncio.sleep(0.05)
+            for item in "abc":
+                calls.append(asyncio.ensure_future(batcher.submit([item])))
+                await asyncio.sleep(0.02)
+            tower.release.set()
+            await asyncio.wait_for(asyncio.gather(*calls), 10)
+            await batcher.close()
+
+    run(scenario())
+    assert tower.batches == [["first"], ["a", "b", "c"]]
+
+
+def test_a_failing_finish_step_fails_its_batch_and_the_batcher_goes_on() -> None:
+    def finish(batch: list) -> list:
+        if "crash" in batch:
+            raise RuntimeError("finish failed")
+        return batch
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as executor, ThreadPoolExecutor(1) as finishing:
+            batcher = DynamicBatcher(
+                FakeTower().run,
+                executor,
+                max_batch_size=1,
+                max_wait_ms=0,
+                finish=finish,
+                finish_executor=finishing,
+            )
+            failed = await asyncio.gather(batcher.submit(["crash"]), return_exceptions=True)
+            later = await batcher.submit(["ok"])
+            await batcher.close()
+        return failed, later
+
+    failed, later = run(scenario())
+    assert isinstance(failed[0], RuntimeError) and "finish failed" in str(failed[0])
+    assert later == ["okok"]

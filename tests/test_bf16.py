@@ -62,6 +62,12 @@ def test_bf16_is_refused_where_it_would_be_slow_or_cannot_run(random_model, monk
     checkpoint = random_model("ViT-B-32::openai").checkpoint
     with pytest.raises(UnsupportedModel, match="bf16 runs on the torch backend"):
         Encoder("ViT-B-32::openai", backend="onnx", precision="bf16", weights=checkpoint)
-    monkeypatch.setattr("clipserve.backends.torch.cpu_flags", lambda: {"avx2", "avx512f"})
-    with pytest.raises(UnsupportedModel, match=r"has neither, so bf16 would be emulated"):
+    zen3 = {"avx2", "fma"}  # AVX2-only: no AVX512_BF16, no AMX
+    monkeypatch.setattr("clipserve.backends.torch.cpu_flags", lambda: zen3)
+    with pytest.raises(
+        UnsupportedModel, match=r"has neither, so bf16 would be emulated.*use int8 \(the onnx"
+    ):
         Encoder("ViT-B-32::openai", backend="torch", precision="bf16", weights=checkpoint)
+    monkeypatch.setattr("clipserve.backends.base.cpu_flags", lambda: zen3)
+    with pytest.raises(UnsupportedModel, match=r"AVX512_BF16 or AMX; this CPU has neither: use int8"):
+        Encoder("ViT-B-32::openai", backend="onnx", precision="bf16", weights=checkpoint)

@@ -84,8 +84,10 @@ def test_cache_command_lists_and_prunes(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_a_cache_cap_evicts_on_load_but_never_the_model_in_use(tmp_path, random_model, new_encoder) -> None:
-    cache = tmp_path / "cache"
+def test_a_cache_cap_evicts_on_load_but_never_the_model_in_use(
+    cache_with_exports, random_model, new_encoder
+) -> None:
+    cache = cache_with_exports(NAME)
     stale = _entry(cache, "onnx/Other/sha-9/fp32", 5_000_000, 86400)
     encoder = new_encoder(NAME, weights=random_model(NAME).checkpoint, cache_dir=cache, cache_max_gb=0.001)
     assert not stale.exists()

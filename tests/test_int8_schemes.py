@@ -45,11 +45,13 @@ def test_each_cpu_class_gets_the_scheme_it_computes_exactly(cpu: str, monkeypatc
     assert variant("fp32") == "fp32" and variant("fp16") == "fp16"
 
 
-def test_each_scheme_is_cached_apart_and_reported(random_model, tmp_path, monkeypatch, new_encoder) -> None:
+def test_each_scheme_is_cached_apart_and_reported(
+    random_model, cache_with_exports, monkeypatch, new_encoder
+) -> None:
     """A cache shared by a Zen 3 and a Zen 4 holds both schemes side by side; each machine runs its
     own, and ``info()`` and ``/metrics``' model info say which."""
     checkpoint = random_model(NAME).checkpoint
-    cache = tmp_path / "cache"
+    cache = cache_with_exports(NAME)
     runs = {}
     for cpu in ("AMD Zen 3 (family 25, model 1)", "AMD Zen 4 (family 25, model 17)"):
         flags, scheme = CPU_CLASSES[cpu]
@@ -64,13 +66,13 @@ def test_each_scheme_is_cached_apart_and_reported(random_model, tmp_path, monkey
 
 
 def test_an_export_in_the_other_scheme_runs_and_says_so(
-    random_model, tmp_path, monkeypatch, new_encoder, caplog
+    random_model, cache_with_exports, tmp_path, monkeypatch, new_encoder, caplog
 ) -> None:
     """An int8 export made on a VNNI machine and copied to an AVX2-only one runs as given (the
     operator chose it) with a warning that says how to get the exact one."""
     checkpoint = random_model(NAME).checkpoint
     monkeypatch.setattr(precision, "cpu_flags", lambda: CPU_CLASSES["AMD Zen 4 (family 25, model 17)"][0])
-    made = new_encoder(NAME, weights=checkpoint, cache_dir=tmp_path / "cache", precision="int8").info()
+    made = new_encoder(NAME, weights=checkpoint, cache_dir=cache_with_exports(NAME), precision="int8").info()
     copied = tmp_path / "copied"
     shutil.copytree(made["weights"], copied)
     monkeypatch.setattr(precision, "cpu_flags", lambda: CPU_CLASSES["AMD Zen 3 (family 25, model 1)"][0])

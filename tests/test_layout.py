@@ -28,7 +28,7 @@ def test_the_layer_contracts_hold() -> None:
 
 def test_the_server_runs_the_librarys_pipeline_steps() -> None:
     service = (PACKAGE / "server" / "service.py").read_text()
-    steps = ("plan", "prepare", "resolve", "run_batch", "tower", "settle_texts")
+    steps = ("plan", "prepare", "resolve", "finish_batch", "embed_finished", "tower", "settle_texts")
     for step in (f"pipeline.{name}" for name in steps):
         assert step in service, step
     encoder = (PACKAGE / "encoder.py").read_text()

@@ -11,8 +11,8 @@ from tests.conftest import AWKWARD_TEXTS, cosines
 
 
 @pytest.fixture(scope="module")
-def int8_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("int8-cache")
+def int8_cache(cache_with_exports) -> Path:
+    return cache_with_exports("ViT-B-32::openai", "RN50::openai")
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from typing import Protocol
 import numpy as np
 
 from clipserve.errors import UnsupportedModel
+from clipserve.resources import BF16_FLAGS, cpu_flags
 from clipserve.zoo import ModelSpec
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -18,7 +19,8 @@ PRECISION_DEVICES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 """backend → precision → the device kinds it runs on."""
 PRECISION_HINTS = {
-    ("onnx", "bf16"): "bf16 runs on the torch backend: ONNX Runtime's CPU provider has no bf16 kernels",
+    ("onnx", "bf16"): "bf16 runs on the torch backend (ONNX Runtime's CPU provider has no bf16 kernels), "
+    "on a CPU with AVX512_BF16 or AMX",
     ("torch", "int8"): "int8 runs on the onnx backend",
 }
 
@@ -56,6 +58,8 @@ def check_backend_precision(precision: str, backend: str) -> None:
     if precision not in PRECISION_DEVICES[backend]:
         offered = ", ".join(PRECISION_DEVICES[backend])
         hint = PRECISION_HINTS.get((backend, precision))
+        if precision == "bf16" and not cpu_flags() & set(BF16_FLAGS):
+            hint = f"{hint}; this CPU has neither: use int8 for speed, or fp32"
         raise UnsupportedModel(
             f"the {backend} backend has no {precision!r} precision (it offers: {offered})"
             + (f"; {hint}" if hint else "")

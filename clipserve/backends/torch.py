@@ -155,7 +155,8 @@ def precision_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "bf16" and device.type == "cpu" and not cpu_flags() & set(BF16_FLAGS):
         raise UnsupportedModel(
             f"precision 'bf16' needs a CPU with bf16 instructions ({' or '.join(BF16_FLAGS)}); "
-            f"{cpu_model()} has neither, so bf16 would be emulated and slower than fp32: use fp32 or int8"
+            f"{cpu_model()} has neither, so bf16 would be emulated and slower than fp32: use int8 (the "
+            "onnx backend) for speed, or fp32 for exact vectors"
         )
     return DTYPES[precision]
 

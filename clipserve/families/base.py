@@ -19,9 +19,11 @@ class Tower:
     ``prepare`` turns one item (its source already resolved to bytes, a path, an array…) into a
     payload the model takes, or raises :class:`~clipserve.errors.InvalidInput` naming the item; it
     runs on worker threads when ``heavy``. ``finish``, when a tower has it, completes a whole batch
-    of payloads just before ``run`` (the GPU image path decodes its JPEGs there, in one call):
-    each payload becomes the one ``run`` takes, or the ``InvalidInput`` of its item, which fails
-    that item alone. ``run`` embeds a batch of payloads into unnormalised float32 rows. ``cost``
+    of payloads just before ``run`` (the CPU image paths normalise their pixels there; the GPU
+    image path decodes its JPEGs there, in one call): each payload becomes the one ``run`` takes,
+    or the ``InvalidInput`` of its item, which fails that item alone. A server runs it off the
+    inference thread, while the model runs the batch before. ``run`` embeds a batch of payloads
+    into unnormalised float32 rows, and should do little besides the model call. ``cost``
     ranks payloads so that batches of similar cost waste little padding.
     Text payloads are token id lists (their length is what ``/v1/embeddings`` reports as usage).
     """

@@ -22,7 +22,7 @@ from clipserve.backends.factory import backend_weights, fingerprint
 from clipserve.cache import enforce_cap
 from clipserve.errors import UnsupportedModel, WeightsUnavailable
 from clipserve.families.base import Tower
-from clipserve.families.towers import CPU_IMAGE_BATCH, check_pixels, check_text, image_limits
+from clipserve.families.towers import CPU_IMAGE_BATCH, check_pixels, check_text, image_limits, normalised
 from clipserve.families.transformers_config import ARCHITECTURES, Architecture
 from clipserve.inputs import Item
 from clipserve.preprocess.hf_image import HfImagePreprocessor, HfImageSettings
@@ -169,7 +169,8 @@ def text_tower(tokenizer: HfTokenizer, backend, spec: ModelSpec, max_chars: int)
 def image_tower(
     processing: HfImagePreprocessor, backend, spec: ModelSpec, limits: ImageLimits, on_cpu: bool
 ) -> Tower:
-    """Decoded, resized and cropped RGB per image (uint8), rescaled and normalised per batch."""
+    """Decoded, resized and cropped RGB per image (uint8), rescaled and normalised in the batch's
+    finish step."""
     expected = (3, *spec.image_size)
 
     def prepare(item: Item) -> np.ndarray:
@@ -179,15 +180,16 @@ def image_tower(
             return processing.rgb(image)
 
     def run(batch: Sequence[np.ndarray]) -> np.ndarray:
-        pixels = [processing.normalise(p) if p.dtype == np.uint8 else p for p in batch]
-        return backend.encode_image(np.stack(pixels))
+        return backend.encode_image(np.stack(batch))
 
-    return Tower("image", prepare, run, max_batch=CPU_IMAGE_BATCH if on_cpu else None)
+    max_batch = CPU_IMAGE_BATCH if on_cpu else None
+    return Tower("image", prepare, run, max_batch=max_batch, finish=normalised(processing.normalise))
 
 
 def patch_tower(processing: HfImagePreprocessor, backend, limits: ImageLimits, on_cpu: bool) -> Tower:
-    """SigLIP 2 (NaFlex): each image resized to fit the patch budget and cut into patches (uint8);
-    a batch is padded to the budget, with the patch mask and each image's grid."""
+    """SigLIP 2 (NaFlex): each image resized to fit the patch budget and cut into patches (uint8),
+    normalised in the batch's finish step; a batch is padded to the budget, with the patch mask and
+    each image's grid."""
     budget = processing.settings.max_num_patches
 
     def prepare(item: Item) -> tuple[np.ndarray, tuple[int, int]]:
@@ -196,16 +198,18 @@ def patch_tower(processing: HfImagePreprocessor, backend, limits: ImageLimits, o
         with decoded_image(item.value, item.index, limits) as image:
             return processing.patches(image)
 
+    def finish(batch: Sequence[tuple[np.ndarray, tuple[int, int]]]) -> list:
+        return [(processing.normalise_patches(patches), grid) for patches, grid in batch]
+
     def run(batch: Sequence[tuple[np.ndarray, tuple[int, int]]]) -> np.ndarray:
         width = batch[0][0].shape[1]
-        patches = np.zeros((len(batch), budget, width), np.uint8)
+        pixels = np.zeros((len(batch), budget, width), np.float32)  # padding is zero, as transformers pads
         mask = np.zeros((len(batch), budget), np.int64)
         for row, (image_patches, _) in enumerate(batch):
-            patches[row, : len(image_patches)] = image_patches
+            pixels[row, : len(image_patches)] = image_patches
             mask[row, : len(image_patches)] = 1
         shapes = np.asarray([grid for _, grid in batch], np.int64)
-        pixels = processing.normalise_patches(patches)
-        pixels[mask == 0] = 0  # padding is zero after normalising, as transformers pads
         return backend.encode_patches(pixels, mask, shapes)
 
-    return Tower("image", prepare, run, max_batch=CPU_IMAGE_BATCH if on_cpu else None)
+    max_batch = CPU_IMAGE_BATCH if on_cpu else None
+    return Tower("image", prepare, run, max_batch=max_batch, finish=finish)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -64,8 +64,9 @@ def text_tower(tokenizer: Tokenizer, backend: Backend, max_chars: int) -> Tower:
 
 
 def image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettings) -> Tower:
-    """Decoded, resized and cropped RGB per image (uint8), normalised per batch: exact to
-    open_clip's transform (or, with ``tensor_preprocess``, as tensors on the model's device)."""
+    """Decoded, resized and cropped RGB per image (uint8), normalised to float32 in the batch's
+    finish step (off the server's inference thread): exact to open_clip's transform (or, with
+    ``tensor_preprocess``, as tensors on the model's device)."""
     if settings.tensor_preprocess:
         return tensor_image_tower(spec, backend, settings)
     preprocess = ImagePreprocessor(spec)
@@ -79,14 +80,20 @@ def image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettings) -> 
         return exact_rgb(item, preprocess, limits, draft_edge)
 
     def run(batch: Sequence[np.ndarray]) -> np.ndarray:
-        if all(pixels.dtype == np.uint8 for pixels in batch):
-            return backend.encode_image(preprocess.normalise(np.stack(batch)))
-        return backend.encode_image(
-            np.stack([preprocess.normalise(p) if p.dtype == np.uint8 else p for p in batch])
-        )
+        return backend.encode_image(np.stack(batch))
 
     max_batch = CPU_IMAGE_BATCH if settings.device == "cpu" else None
-    return Tower("image", prepare, run, max_batch=max_batch)
+    return Tower("image", prepare, run, max_batch=max_batch, finish=normalised(preprocess.normalise))
+
+
+def normalised(normalise: Callable[[np.ndarray], np.ndarray]) -> Callable[[Sequence[np.ndarray]], list]:
+    """A finish step that normalises the uint8 RGB payloads of a batch (preprocessed float pixels
+    pass as they are)."""
+
+    def finish(batch: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [normalise(pixels) if pixels.dtype == np.uint8 else pixels for pixels in batch]
+
+    return finish
 
 
 def tensor_image_tower(spec: ModelSpec, backend: Backend, settings: EngineSettings) -> Tower:

@@ -23,6 +23,7 @@ import numpy as np
 from clipserve.encoder import Encoder
 from clipserve.errors import ClipserveError, ModelUnavailable, UnknownModel, echo
 from clipserve.families import resolve_model
+from clipserve.families.choice import settled
 from clipserve.resources import release_freed_memory, resident_bytes
 from clipserve.server.metrics import Metrics, ModelMetrics
 from clipserve.server.service import EncodingService
@@ -124,6 +125,7 @@ class ModelPool:
         self.models: dict[str, ServedModel] = {}
         for engine in settings.engines():
             spec, engine = resolve_model(engine)  # an unknown name fails at start, with close names
+            engine = settled(spec, engine)  # backend auto: named here when the rules leave one
             if spec.name in self.models:
                 raise ValueError(f"{spec.name} is listed twice in the served models")
             self.models[spec.name] = ServedModel(engine, spec, metrics.for_model(served_labels(spec, engine)))

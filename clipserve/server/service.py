@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -33,31 +34,41 @@ class EncodingService:
         self.encoder, self.settings, self.metrics = encoder, settings, metrics
         self.pipeline = encoder.pipeline
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="clipserve-infer")
+        # Its own thread: a batch's finish step must not queue behind the decodes of later items.
+        self._finishing = ThreadPoolExecutor(1, thread_name_prefix="clipserve-finish")
+        towers = self.pipeline.model.towers
         self._inflight_items = 0
         self.batchers = {
             modality: DynamicBatcher(
-                lambda batch, modality=modality: self._run_batch(modality, batch),
+                lambda finished, modality=modality: self._run_batch(modality, finished),
                 self._inference,
                 max_batch_size=self.pipeline.batch_size(modality),
                 max_wait_ms=settings.max_wait_ms,
                 max_queue=settings.max_queue,
                 on_batch=lambda size, modality=modality: self.metrics.batch(modality, size),
-                cost=self.pipeline.model.towers[modality].cost,
+                cost=towers[modality].cost,
+                finish=None if towers[modality].finish is None else self._finisher(modality),
+                finish_executor=self._finishing,
             )
             for modality in self.pipeline.modalities
         }
         for modality, batcher in self.batchers.items():
             self.metrics.watch_queue(modality, lambda batcher=batcher: batcher.depth)
 
-    def _run_batch(self, modality: str, payloads: list) -> list:
-        """One model call: a row per payload, or the error of an item that failed in the batch."""
-        rows, errors = self.pipeline.run_batch(modality, payloads)
+    def _finisher(self, modality: str) -> Callable[[list], list]:
+        return lambda batch: self.pipeline.finish_batch(modality, batch)
+
+    def _run_batch(self, modality: str, finished: list) -> list:
+        """One model call (on the inference thread, which does nothing else): a row per payload,
+        or the error of an item that failed in the batch's finish step."""
+        rows, errors = self.pipeline.embed_finished(modality, finished)
         return [errors.get(position, row) for position, row in enumerate(rows)]
 
     async def close(self) -> None:
         for batcher in self.batchers.values():
             await batcher.close()
         self._inference.shutdown(wait=True)
+        self._finishing.shutdown(wait=True)
         self.encoder.close()
 
     def check_request(self, items: list[Item]) -> None:
