@@ -21,7 +21,7 @@ requirements clash with clipserve's venv (huggingface_hub < 2 against transforme
 runs in an interpreter of its own (``benchmarks/fastembed_peer.py``) from the venv that
 ``--fastembed-venv`` names (default ``$CLIPSERVE_FASTEMBED_VENV`` or /work/peers/fastembed-venv;
 make it with ``python3.11 -m venv DIR && DIR/bin/pip install fastembed``); without it the row is
-skipped, with the reason printed. Its batches cross a pipe (pickled), its interpreter starts before
+skipped, with the reason printed. Its batches cross a pipe (JSON lines), its interpreter starts before
 the cold-start clock, and its peak RSS is this process's plus that interpreter's.
 
 bf16 (torch with bf16 weights) runs only on a CPU with AVX512_BF16 or AMX. The header names the
@@ -37,6 +37,7 @@ transformers and fastembed on that machine, measured in the same run.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import functools
@@ -44,7 +45,6 @@ import gc
 import io
 import json
 import os
-import pickle
 import platform
 import random
 import subprocess
@@ -56,7 +56,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -166,18 +165,19 @@ class FastembedPeer:
         return functools.partial(self._vectors, "images"), functools.partial(self._vectors, "texts")
 
     def _vectors(self, kind: str, batch: list) -> np.ndarray:
-        shape, data = self._call(kind, batch)
-        return np.frombuffer(data, np.float32).reshape(shape)
+        items = [base64.b64encode(x).decode() for x in batch] if kind == "images" else batch
+        answer = self._call(kind, items)
+        return np.frombuffer(base64.b64decode(answer["vectors"]), np.float32).reshape(answer["shape"])
 
-    def _call(self, *request: object) -> Any:
-        pickle.dump(request, self.process.stdin)
+    def _call(self, kind: str, items: list | None = None) -> dict:
+        self.process.stdin.write(json.dumps({"kind": kind, "items": items}).encode() + b"\n")
         self.process.stdin.flush()
         return self._answer()
 
-    def _answer(self) -> Any:
-        status, answer = pickle.load(self.process.stdout)
-        if status == "error":
-            raise RuntimeError(f"fastembed failed:\n{answer}")
+    def _answer(self) -> dict:
+        answer = json.loads(self.process.stdout.readline())
+        if answer["status"] == "error":
+            raise RuntimeError(f"fastembed failed:\n{answer['trace']}")
         return answer
 
 

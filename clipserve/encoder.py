@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 
 from clipserve.errors import InvalidInput
 from clipserve.families import resolve_model
-from clipserve.families.choice import load_chosen, settled
+from clipserve.families.choice import load_chosen
 from clipserve.inputs import ACCEPTED_ARRAYS, AUDIO_RATE, Item, to_item
 from clipserve.pipeline import Pipeline
 from clipserve.settings import EngineSettings, options_doc, resolve
@@ -53,9 +54,11 @@ class Encoder:
         if settings.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {settings.batch_size}")
         spec, settings = resolve_model(settings)
-        self.settings = settled(spec, settings)
-        model, self.backend_choice = load_chosen(spec, self.settings, spin)
-        self.pipeline = Pipeline(model, self.settings)
+        model, self.backend_choice = load_chosen(spec, settings, spin)
+        if self.backend_choice is not None:
+            settings = dataclasses.replace(settings, backend=self.backend_choice["backend"])
+        self.settings = settings
+        self.pipeline = Pipeline(model, settings)
         try:
             self.warmup_s = self.pipeline.warm_up() if settings.warmup else None
         except BaseException:

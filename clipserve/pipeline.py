@@ -76,7 +76,13 @@ class Pipeline:
         :meth:`encode`: nothing reaches the text cache or a server's batch metrics."""
         started = time.perf_counter()
         for modality in self.modalities:
-            payload = self.prepare(sample_item(modality))
+            try:
+                payload = self.prepare(sample_item(modality))
+            except InvalidInput as exc:  # limits tighter than a small sample: the model loads unwarmed
+                log.warning(
+                    "%s is not warmed up: its limits refuse the sample %s (%s)", modality, modality, exc
+                )
+                continue
             self.run_batch(modality, [payload] * self.batch_size(modality))
         took = time.perf_counter() - started
         log.info("warmed up %s (%s) in %.2f s", self.model.spec.name, ", ".join(self.modalities), took)

@@ -190,6 +190,7 @@ def test_a_request_heavier_than_the_in_flight_limit_is_refused_before_decoding(
     original = audioclip.decode_audio
     monkeypatch.setattr(audioclip, "decode_audio", lambda *a, **k: decoded.append(1) or original(*a, **k))
     with running_server(model="AudioCLIP::full", weights=audio_export) as (url, _):
+        decoded.clear()  # the warm-up's sample tone
         bomb = httpx.post(f"{url}/encode", json={"inputs": [{"audio": silent}] * 400}, timeout=60)
         assert bomb.status_code == 413, bomb.text
         assert "weighs 28800 items" in bomb.json()["detail"] and "an audio item counts as 72" in bomb.text
@@ -215,8 +216,9 @@ def test_a_full_queue_refuses_before_preparing(onnx_dir, photo_paths) -> None:
         original_prepare = service.pipeline.prepare
         service.pipeline.prepare = lambda item, *a: prepared.append(item.index) or original_prepare(item, *a)
         image = {"image": b64(photo_paths[0].read_bytes())}
+        # One item runs, the next is taken and finished for the model meanwhile, two wait.
         holder = threading.Thread(
-            target=lambda: httpx.post(f"{url}/encode", json={"inputs": [image] * 3}, timeout=60)
+            target=lambda: httpx.post(f"{url}/encode", json={"inputs": [image] * 4}, timeout=60)
         )
         holder.start()
         deadline = time.monotonic() + 10
@@ -338,6 +340,7 @@ def test_every_model_decodes_within_one_budget(photo_paths, monkeypatch, onnx_ex
     monkeypatch.setattr(DecodeBudget, "reserve", reserve)
     models = [f"{name}={path}" for name, path in exports.items()]
     with running_server(model=models, preload=True) as (url, _):
+        sizes.clear()  # the warm-ups' sample images
         image = {"image": b64(photo_paths[0].read_bytes())}
         for name in exports:
             answer = httpx.post(f"{url}/encode", json={"inputs": [image] * 2, "model": name}, timeout=60)

@@ -51,6 +51,7 @@ def test_the_quickstart_serves_immichs_graphs_without_torch(random_model, photo_
     )
     port = free_port()
     env = {**os.environ, "CLIPSERVE_CACHE_DIR": str(tmp_path / "cache"), "CLIPSERVE_OFFLINE": "1"}
+    del env["CLIPSERVE_BACKEND"]  # the default, auto: without torch, the rules leave ONNX Runtime
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(
             [str(LIGHT / "bin" / "clipserve"), "serve", "--model", NAME, "--port", str(port)],
@@ -63,6 +64,7 @@ def test_the_quickstart_serves_immichs_graphs_without_torch(random_model, photo_
                 get_spec(NAME)
             )
             assert ready["licence"] == "MIT"
+            assert ready["backend"] == "onnx" and ready["backend_choice"]["how"] == "only one"
             images = [base64.b64encode(p.read_bytes()).decode() for p in photo_paths]
             body = {"inputs": [{"image": i} for i in images] + [{"text": t} for t in AWKWARD_TEXTS]}
             answer = httpx.post(f"{url}/encode", json=body, timeout=300)

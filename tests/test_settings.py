@@ -117,7 +117,8 @@ def test_encode_on_ray_takes_the_ray_settings_of_serve(monkeypatch) -> None:
         500,
     )
     assert (settings.ray_address, settings.replica_gpus) == ("ray://head:10001", 1.0)
-    assert settings.engine() == EngineSettings(batch_size=8)  # what the encoder takes, nothing of Ray
+    # what the encoder takes, nothing of Ray (the suite's CLIPSERVE_BACKEND included: tests/conftest.py)
+    assert settings.engine() == EngineSettings(batch_size=8, backend="onnx")
     former = ["--actors", "3", "--cpus-per-actor", "0.5", "--gpus-per-actor", "1", "--address", "auto"]
     args = parser.parse_args(["encode", "--text", "a", "-o", "out.npy", "--ray", *former])
     settings = resolve(EncodeSettings, None, **given_settings(args, EncodeSettings))

@@ -245,6 +245,7 @@ def test_the_server_fails_only_the_request_with_the_corrupt_jpeg(
     checkpoint = random_model(NAME).checkpoint
     settings = dict(weights=checkpoint, backend="torch", tensor_preprocess=True, max_wait_ms=1000)
     with running_server(**settings) as (url, _):
+        batch_decoding.clear()  # the warm-up's batch
         threads = [threading.Thread(target=send, args=(name,)) for name in requests]
         for thread in threads:
             thread.start()

@@ -43,7 +43,17 @@ def test_a_server_warms_up_before_it_is_ready_and_counts_no_warm_up_batch(vit_on
     with running_server(weights=vit_onnx_export) as (url, _):
         ready = httpx.get(f"{url}/readyz")
         assert ready.status_code == 200 and ready.json()["warmup_s"] > 0
+        assert metric(url, "clipserve_model_info", running_backend="onnx", **served) == 1
         for modality in ("image", "text"):
             assert metric(url, "clipserve_batch_size_count", modality=modality, **served) == 0
         httpx.post(f"{url}/encode", json={"inputs": [{"text": "a"}]}).raise_for_status()
         assert metric(url, "clipserve_batch_size_count", modality="text", **served) == 1
+
+
+def test_limits_that_refuse_the_samples_leave_the_model_unwarmed_not_broken(
+    new_encoder, vit_onnx_export, caplog
+) -> None:
+    encoder = new_encoder(NAME, weights=vit_onnx_export, max_pixels=50_000, max_text_chars=5)
+    assert "image is not warmed up: its limits refuse the sample image" in caplog.text
+    assert "text is not warmed up" in caplog.text
+    assert encoder.encode_text(["a cat"]).shape == (1, 512)

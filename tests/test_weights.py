@@ -100,11 +100,14 @@ def test_safetensors_checkpoints_load(tmp_path, random_model, encoder_for, new_e
 
 
 @pytest.mark.slow
-def test_onnx_export_is_cached_and_reused(tmp_path, random_model, monkeypatch, new_encoder) -> None:
+def test_onnx_export_is_cached_and_reused(cache_with_exports, random_model, monkeypatch, new_encoder) -> None:
+    """A cached export is found again and never redone (exporting into an empty cache:
+    tests/test_cache.py)."""
     from clipserve.backends import factory
     from clipserve.encoder import Encoder
 
     checkpoint = random_model("RN50::openai").checkpoint
+    tmp_path = cache_with_exports("RN50::openai")
     first = new_encoder("RN50::openai", weights=checkpoint, cache_dir=tmp_path)
     export_dir = first.info()["weights"]
     assert export_dir.startswith(str(tmp_path / "onnx" / "RN50"))

@@ -58,9 +58,10 @@ class Metrics:
         )
         self.info = Gauge(
             "clipserve_model_info",
-            "What runs, while a model is loaded: model, backend, precision, device, providers, and the "
-            "int8 scheme (u8s8 or u8u8; empty for other precisions)",
-            [*SERVED, "device", "providers", "dim", "int8_scheme"],
+            "What runs, while a model is loaded: model, backend (as asked, and as it runs: with auto, "
+            "the one chosen), precision, device, providers, and the int8 scheme (u8s8 or u8u8; empty for "
+            "other precisions)",
+            [*SERVED, "running_backend", "device", "providers", "dim", "int8_scheme"],
             registry=r,
         )
         self.loaded = Gauge(
@@ -129,6 +130,7 @@ class ModelMetrics:
             return
         self._info_labels = {
             **self.served,
+            "running_backend": str(info["backend"]),
             "device": str(info["device"]),
             "providers": ",".join(info.get("providers", []) or []),
             "dim": str(info["dim"]),

@@ -125,10 +125,10 @@ class ModelPool:
         self.models: dict[str, ServedModel] = {}
         for engine in settings.engines():
             spec, engine = resolve_model(engine)  # an unknown name fails at start, with close names
-            engine = settled(spec, engine)  # backend auto: named here when the rules leave one
             if spec.name in self.models:
                 raise ValueError(f"{spec.name} is listed twice in the served models")
-            self.models[spec.name] = ServedModel(engine, spec, metrics.for_model(served_labels(spec, engine)))
+            labels = served_labels(spec, settled(spec, engine))  # auto: named when the rules leave one
+            self.models[spec.name] = ServedModel(engine, spec, metrics.for_model(labels))
         self.default = next(iter(self.models.values()))
         self.max_bytes = None if settings.max_memory_gb is None else int(settings.max_memory_gb * GIB)
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="clipserve-load")
