@@ -36,8 +36,8 @@ def test_the_rules_leave_one_backend_where_only_one_can_run(random_model, onnx_e
     checkpoint = str(random_model(NAME).checkpoint)
 
     def found(**options) -> tuple[str, ...]:
-        spec, settings = resolve_model(EngineSettings(model=NAME, **options))
-        return choice.candidates(spec, settings)
+        _, settings = resolve_model(EngineSettings(model=NAME, **options))
+        return choice.candidates(settings)
 
     assert found(weights=checkpoint) == ("onnx", "torch")
     assert found(weights=onnx_export(NAME)) == ("onnx",)  # an export runs on ONNX Runtime
@@ -51,8 +51,8 @@ def test_the_rules_leave_one_backend_where_only_one_can_run(random_model, onnx_e
         found(weights=checkpoint, precision="fp16")
     monkeypatch.setattr(choice, "torch_installed", lambda: False)
     assert found(weights=checkpoint) == ("onnx",)
-    spec, settings = resolve_model(EngineSettings(model=NAME, weights=checkpoint))
-    assert choice.settled(spec, settings).backend == "onnx"
+    _, settings = resolve_model(EngineSettings(model=NAME, weights=checkpoint))
+    assert choice.settled(settings).backend == "onnx"
 
 
 def test_the_first_load_measures_both_keeps_the_faster_and_later_loads_remember(

@@ -2,7 +2,7 @@
 
 The rules come first, with nothing loaded (:func:`candidates`): an ONNX export, a publisher's graphs,
 int8 or TensorRT run on ONNX Runtime only, bf16 on torch only, and without torch installed there is
-only ONNX Runtime. Where both remain, the first load measures them (:func:`load_fastest`): each
+only ONNX Runtime. Where both remain, the first load measures them (:func:`load_chosen`): each
 backend is loaded and runs a few batches of sample inputs through every tower, and the faster one
 is kept (the other is closed). The choice is remembered in the cache directory, keyed by the CPU
 (model name, the instruction sets that matter, CPUs this process may use), the engines' versions,
@@ -42,9 +42,10 @@ SIGNATURE_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_
 """The instruction sets that change which engine is faster."""
 
 
-def candidates(spec: ModelSpec, settings: EngineSettings) -> tuple[str, ...]:
-    """The backends that can run ``settings`` for ``spec``, by the rules alone (nothing is loaded):
-    the one named, or for ``auto`` those of :data:`BACKENDS` that could."""
+def candidates(settings: EngineSettings) -> tuple[str, ...]:
+    """The backends that can run ``settings`` (as :func:`~clipserve.families.resolve_model` returns
+    them), by the rules alone (nothing is loaded): the one named, or for ``auto`` those of
+    :data:`BACKENDS` that could."""
     if settings.backend != AUTO:
         return (settings.backend,)
     kind = settings.device.split(":")[0]
@@ -65,9 +66,9 @@ def candidates(spec: ModelSpec, settings: EngineSettings) -> tuple[str, ...]:
     return tuple(offered)
 
 
-def settled(spec: ModelSpec, settings: EngineSettings) -> EngineSettings:
+def settled(settings: EngineSettings) -> EngineSettings:
     """``settings`` with ``auto`` replaced by the backend when the rules leave only one."""
-    found = candidates(spec, settings)
+    found = candidates(settings)
     return dataclasses.replace(settings, backend=found[0]) if len(found) == 1 else settings
 
 
@@ -77,7 +78,7 @@ def load_chosen(spec: ModelSpec, settings: EngineSettings, spin: bool = True) ->
     ``{"backend", "how": "only one" | "remembered" | "measured", "ms_per_item": {backend: ms}}``."""
     if settings.backend != AUTO:
         return load_model(spec, settings, spin), None
-    found = candidates(spec, settings)
+    found = candidates(settings)
     if len(found) == 1:
         return load_model(spec, dataclasses.replace(settings, backend=found[0]), spin), {
             "backend": found[0],

@@ -127,7 +127,7 @@ class ModelPool:
             spec, engine = resolve_model(engine)  # an unknown name fails at start, with close names
             if spec.name in self.models:
                 raise ValueError(f"{spec.name} is listed twice in the served models")
-            labels = served_labels(spec, settled(spec, engine))  # auto: named when the rules leave one
+            labels = served_labels(spec, settled(engine))  # auto: named when the rules leave one
             self.models[spec.name] = ServedModel(engine, spec, metrics.for_model(labels))
         self.default = next(iter(self.models.values()))
         self.max_bytes = None if settings.max_memory_gb is None else int(settings.max_memory_gb * GIB)
