@@ -26,7 +26,9 @@ __all__ = ["free_port", "resident_mib", "running_server", "server_process"]
 def running_server(**settings):
     """Yields ``(base_url, app)`` while uvicorn serves ``settings`` on loopback, configured as
     ``clipserve serve`` configures it."""
-    config = replace(ServerSettings(host="127.0.0.1", port=free_port()), **settings)
+    # The suite's backend (tests/conftest.py), as `clipserve serve` would read it from the environment.
+    backend = os.environ.get("CLIPSERVE_BACKEND", "auto")
+    config = replace(ServerSettings(host="127.0.0.1", port=free_port(), backend=backend), **settings)
     app = create_app(config)
     server = uvicorn.Server(uvicorn_config(app, config))  # as `clipserve serve` runs it
     thread = threading.Thread(target=server.run, daemon=True)
